@@ -1,0 +1,314 @@
+"""Multi-label image datasets: COCO-format annotations and plain list files.
+
+Both datasets expose the same attributes, so the label graph can be built from
+:attr:`labels` without decoding a single image:
+
+* ``label_names`` -- list of the ``N`` label names, in label-index order;
+* ``labels`` -- ``[num_images, N]`` boolean multi-hot tensor;
+* ``image_paths`` -- list of the image file paths, row-aligned with ``labels``.
+
+``dataset[i]`` returns ``(image, target, i)``: the transformed image, the
+float multi-hot target ``[N]`` and the index ``i`` itself (used to drop the
+duplicates that :class:`~torch.utils.data.DistributedSampler` pads with).
+A corrupt or truncated image yields ``None`` with a warning instead of
+crashing a long run; batch with :func:`collate_skip_corrupt`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+__all__ = ['CocoMultiLabel', 'ListFileMultiLabel', 'collate_skip_corrupt']
+
+# How many offending names a warning spells out before summarising.
+_MAX_NAMED = 5
+
+
+def _require_path(path: str | os.PathLike, arg: str, is_dir: bool) -> str:
+    path = os.fspath(path)
+    ok = os.path.isdir(path) if is_dir else os.path.isfile(path)
+    if not ok:
+        kind = 'directory' if is_dir else 'file'
+        raise FileNotFoundError(f"'{arg}': {kind} '{path}' does not exist")
+    return path
+
+
+def _first_few(items: Sequence[str]) -> str:
+    shown = ', '.join(repr(s) for s in items[:_MAX_NAMED])
+    return shown + (', ...' if len(items) > _MAX_NAMED else '')
+
+
+class _MultiLabelImageDataset(Dataset):
+    """Shared storage, filtering and image loading of the multi-label datasets.
+
+    Subclasses parse their annotation format and call :meth:`_set_samples`.
+    """
+
+    label_names: list[str]
+    labels: torch.Tensor
+    image_paths: list[str]
+
+    def __init__(self, transform: Callable | None = None):
+        self.transform = transform
+
+    def _set_samples(self, image_paths: Sequence[str], labels: torch.Tensor,
+                     label_names: Sequence[str], source: str) -> torch.Tensor:
+        """Drops samples whose image file is missing, checks what is left.
+
+        Returns the boolean mask of the kept samples, so subclasses can filter
+        their own per-image metadata the same way.
+        """
+        exists = torch.tensor([os.path.isfile(p) for p in image_paths],
+                              dtype=torch.bool)
+        missing = [p for p, ok in zip(image_paths, exists.tolist()) if not ok]
+        if missing:
+            warnings.warn(
+                f"{len(missing)} of {len(image_paths)} images listed in "
+                f"{source} do not exist and were dropped: "
+                f"{_first_few(missing)}", stacklevel=3)
+        self.image_paths = [p for p, ok in zip(image_paths, exists.tolist())
+                            if ok]
+        self.labels = labels[exists].bool()
+        self.label_names = list(label_names)
+        if len(self.image_paths) == 0:
+            why = (f'all {len(image_paths)} listed image files are missing'
+                   if image_paths else 'it lists no usable images')
+            raise ValueError(f"Dataset from {source} is empty: {why}")
+
+        # Kept as an all-zero column so label indices stay stable across
+        # splits; its graph node simply has no co-occurrence statistics.
+        unused = [n for n, c in zip(self.label_names,
+                                    self.labels.sum(0).tolist()) if c == 0]
+        if unused:
+            warnings.warn(
+                f"{len(unused)} label(s) have no positive image in {source} "
+                f"and are kept as all-zero columns: {_first_few(unused)}",
+                stacklevel=3)
+        return exists
+
+    @property
+    def num_labels(self) -> int:
+        """The number of labels ``N``."""
+        return len(self.label_names)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def load_image(self, index: int) -> Image.Image | None:
+        """Opens image ``index`` as RGB, or returns ``None`` if it is unreadable."""
+        path = self.image_paths[index]
+        try:
+            with Image.open(path) as img:
+                # load() forces a full decode so truncation is caught here.
+                img.load()
+                return img.convert('RGB')
+        except (OSError, ValueError, SyntaxError) as e:
+            warnings.warn(f"Skipping unreadable image '{path}': {e}",
+                          stacklevel=2)
+            return None
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, int] | None:
+        img = self.load_image(index)
+        if img is None:
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[index].float(), index
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({len(self)}, '
+                f'num_labels={self.num_labels})')
+
+
+class CocoMultiLabel(_MultiLabelImageDataset):
+    r"""Multi-label dataset from a COCO-format instances file.
+
+    The label of an image is the set of categories of its annotations (crowd
+    annotations included). Label ``k`` is the ``k``-th category in increasing
+    category-id order -- COCO's ids run 1..90 with gaps, so ids need not be
+    contiguous nor start at 1; :attr:`category_ids` maps back.  This is ASL's
+    order, not ML-GCN's alphabetical one.
+
+    Images without any annotation are dropped unless :obj:`keep_empty` is set,
+    in which case they are kept as all-negative samples.  Annotated images
+    whose file is missing are dropped with one warning.  A category with no
+    remaining image stays a label (an all-zero column) with a warning.
+
+    Args:
+        ann_file (str): Path to the instances JSON, e.g.
+            ``annotations/instances_train2017.json``.
+        image_dir (str): Folder holding the images named by ``file_name``.
+        transform (callable, optional): Applied to the RGB PIL image.
+            (default: :obj:`None`)
+        keep_empty (bool, optional): Keep images without annotations as
+            all-negative samples. (default: :obj:`False`)
+
+    Attributes:
+        label_names (list[str]): Category names in label order.
+        category_ids (list[int]): COCO category id of each label.
+        labels (torch.Tensor): ``[num_images, N]`` boolean multi-hot matrix.
+        image_paths (list[str]): Image file of each row.
+        image_ids (list[int]): COCO image id of each row.
+    """
+
+    def __init__(self, ann_file: str | os.PathLike,
+                 image_dir: str | os.PathLike,
+                 transform: Callable | None = None, keep_empty: bool = False):
+        super().__init__(transform)
+        from pycocotools.coco import COCO
+
+        ann_file = _require_path(ann_file, 'ann_file', is_dir=False)
+        image_dir = _require_path(image_dir, 'image_dir', is_dir=True)
+
+        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints timings
+            coco = COCO(ann_file)
+
+        self.category_ids = sorted(coco.getCatIds())
+        col = {cid: k for k, cid in enumerate(self.category_ids)}
+        names = [coco.cats[cid]['name'] for cid in self.category_ids]
+
+        image_ids = sorted(coco.getImgIds())
+        if not keep_empty:
+            image_ids = [i for i in image_ids if coco.imgToAnns[i]]
+        labels = torch.zeros(len(image_ids), len(names), dtype=torch.bool)
+        for row, img_id in enumerate(image_ids):
+            cols = [col[a['category_id']] for a in coco.imgToAnns[img_id]]
+            labels[row, cols] = True
+        paths = [os.path.join(image_dir, coco.imgs[i]['file_name'])
+                 for i in image_ids]
+
+        keep = self._set_samples(paths, labels, names, f"'{ann_file}'")
+        self.image_ids = [i for i, ok in zip(image_ids, keep.tolist()) if ok]
+
+
+def _read_label_names(path: str) -> list[str]:
+    """Reads label names from a ``.json`` (list or name->index dict) or text file."""
+    if path.lower().endswith('.json'):
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+        if isinstance(data, list):
+            return [str(n) for n in data]
+        if isinstance(data, dict):
+            indices = sorted(data.values())
+            if indices != list(range(len(data))):
+                raise ValueError(
+                    f"'label_names_file': the name->index dict in '{path}' "
+                    f"must map to 0..{len(data) - 1} exactly once each")
+            return sorted(data, key=data.__getitem__)
+        raise ValueError(f"'label_names_file': expected a JSON list or dict "
+                         f"in '{path}', got {type(data).__name__}")
+    with open(path, encoding='utf-8') as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+class ListFileMultiLabel(_MultiLabelImageDataset):
+    r"""Multi-label dataset from a plain list file (VG-500, your own data).
+
+    Each non-empty line of :obj:`list_file` is an image path relative to
+    :obj:`image_root` followed by its labels, separated by whitespace::
+
+        VG_100K/2354786.jpg 3 17 240
+        VG_100K/2368334.jpg 17
+
+    Labels are either 0-based integer indices or label names; the file is read
+    as indices if *every* label token in it parses as an integer, and as names
+    otherwise.  A line with a path and no label is an all-negative image.
+    Lines starting with ``#`` are comments.  Paths may not contain spaces.
+
+    The label names file is either a text file with one name per line (line
+    ``k`` is label ``k``) or a ``.json`` file holding a list of names or a
+    ``{name: index}`` dict, such as SSGRL's
+    ``vg_category_500_labels_index.json``.
+
+    Missing image files are dropped with one warning; labels no image carries
+    are kept as all-zero columns with a warning.
+
+    Args:
+        list_file (str): The list file described above.
+        image_root (str): Folder the image paths are relative to.
+        label_names_file (str): Label names, ``.txt`` or ``.json``.
+        transform (callable, optional): Applied to the RGB PIL image.
+            (default: :obj:`None`)
+
+    Attributes:
+        label_names (list[str]): Names in label order.
+        labels (torch.Tensor): ``[num_images, N]`` boolean multi-hot matrix.
+        image_paths (list[str]): Image file of each row.
+    """
+
+    def __init__(self, list_file: str | os.PathLike,
+                 image_root: str | os.PathLike,
+                 label_names_file: str | os.PathLike,
+                 transform: Callable | None = None):
+        super().__init__(transform)
+        list_file = _require_path(list_file, 'list_file', is_dir=False)
+        image_root = _require_path(image_root, 'image_root', is_dir=True)
+        names_file = _require_path(label_names_file, 'label_names_file',
+                                   is_dir=False)
+        names = _read_label_names(names_file)
+        if len(set(names)) != len(names):
+            raise ValueError(f"'label_names_file': '{names_file}' repeats "
+                             f"label names")
+
+        entries: list[tuple[int, str, list[str]]] = []
+        with open(list_file, encoding='utf-8') as f:
+            for lineno, line in enumerate(f, start=1):
+                tokens = line.split()
+                if tokens and not tokens[0].startswith('#'):
+                    entries.append((lineno, tokens[0], tokens[1:]))
+
+        as_int = all(_is_int(t) for _, _, toks in entries for t in toks)
+        index = {n: k for k, n in enumerate(names)}
+        labels = torch.zeros(len(entries), len(names), dtype=torch.bool)
+        for row, (lineno, _, tokens) in enumerate(entries):
+            for t in tokens:
+                if as_int:
+                    k = int(t)
+                    if not 0 <= k < len(names):
+                        raise ValueError(
+                            f"'{list_file}' line {lineno}: label index {k} "
+                            f"is outside 0..{len(names) - 1} (from "
+                            f"'{names_file}')")
+                else:
+                    if t not in index:
+                        raise ValueError(
+                            f"'{list_file}' line {lineno}: unknown label name "
+                            f"'{t}' (not in '{names_file}'; labels are read "
+                            f"as names because not all tokens are integers)")
+                    k = index[t]
+                labels[row, k] = True
+        paths = [os.path.join(image_root, p) for _, p, _ in entries]
+        self._set_samples(paths, labels, names, f"'{list_file}'")
+
+
+def _is_int(token: str) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
+def collate_skip_corrupt(batch: list[Any]) -> Any | None:
+    """:func:`~torch.utils.data.default_collate` that drops ``None`` samples.
+
+    Returns ``None`` when every sample of the batch was unreadable, so the
+    training loop must skip ``None`` batches::
+
+        for batch in loader:
+            if batch is None:
+                continue
+    """
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return default_collate(batch)
