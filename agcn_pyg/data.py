@@ -13,6 +13,7 @@ duplicates that :class:`~torch.utils.data.DistributedSampler` pads with).
 A corrupt or truncated image yields ``None`` with a warning instead of
 crashing a long run; batch with :func:`collate_skip_corrupt`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ['CocoMultiLabel', 'ListFileMultiLabel', 'collate_skip_corrupt']
+__all__ = ["CocoMultiLabel", "ListFileMultiLabel", "collate_skip_corrupt"]
 
 # How many offending names a warning spells out before summarising.
 _MAX_NAMED = 5
@@ -37,14 +38,14 @@ def _require_path(path: str | os.PathLike, arg: str, is_dir: bool) -> str:
     path = os.fspath(path)
     ok = os.path.isdir(path) if is_dir else os.path.isfile(path)
     if not ok:
-        kind = 'directory' if is_dir else 'file'
+        kind = "directory" if is_dir else "file"
         raise FileNotFoundError(f"'{arg}': {kind} '{path}' does not exist")
     return path
 
 
 def _first_few(items: Sequence[str]) -> str:
-    shown = ', '.join(repr(s) for s in items[:_MAX_NAMED])
-    return shown + (', ...' if len(items) > _MAX_NAMED else '')
+    shown = ", ".join(repr(s) for s in items[:_MAX_NAMED])
+    return shown + (", ..." if len(items) > _MAX_NAMED else "")
 
 
 class _MultiLabelImageDataset(Dataset):
@@ -60,39 +61,49 @@ class _MultiLabelImageDataset(Dataset):
     def __init__(self, transform: Callable | None = None):
         self.transform = transform
 
-    def _set_samples(self, image_paths: Sequence[str], labels: torch.Tensor,
-                     label_names: Sequence[str], source: str) -> torch.Tensor:
+    def _set_samples(
+        self,
+        image_paths: Sequence[str],
+        labels: torch.Tensor,
+        label_names: Sequence[str],
+        source: str,
+    ) -> torch.Tensor:
         """Drops samples whose image file is missing, checks what is left.
 
         Returns the boolean mask of the kept samples, so subclasses can filter
         their own per-image metadata the same way.
         """
-        exists = torch.tensor([os.path.isfile(p) for p in image_paths],
-                              dtype=torch.bool)
-        missing = [p for p, ok in zip(image_paths, exists.tolist()) if not ok]
+        exists = torch.tensor([os.path.isfile(p) for p in image_paths], dtype=torch.bool)
+        missing = [p for p, ok in zip(image_paths, exists.tolist(), strict=True) if not ok]
         if missing:
             warnings.warn(
                 f"{len(missing)} of {len(image_paths)} images listed in "
                 f"{source} do not exist and were dropped: "
-                f"{_first_few(missing)}", stacklevel=3)
-        self.image_paths = [p for p, ok in zip(image_paths, exists.tolist())
-                            if ok]
+                f"{_first_few(missing)}",
+                stacklevel=3,
+            )
+        self.image_paths = [p for p, ok in zip(image_paths, exists.tolist(), strict=True) if ok]
         self.labels = labels[exists].bool()
         self.label_names = list(label_names)
         if len(self.image_paths) == 0:
-            why = (f'all {len(image_paths)} listed image files are missing'
-                   if image_paths else 'it lists no usable images')
+            why = (
+                f"all {len(image_paths)} listed image files are missing"
+                if image_paths
+                else "it lists no usable images"
+            )
             raise ValueError(f"Dataset from {source} is empty: {why}")
 
         # Kept as an all-zero column so label indices stay stable across
         # splits; its graph node simply has no co-occurrence statistics.
-        unused = [n for n, c in zip(self.label_names,
-                                    self.labels.sum(0).tolist()) if c == 0]
+        unused = [
+            n for n, c in zip(self.label_names, self.labels.sum(0).tolist(), strict=True) if c == 0
+        ]
         if unused:
             warnings.warn(
                 f"{len(unused)} label(s) have no positive image in {source} "
                 f"and are kept as all-zero columns: {_first_few(unused)}",
-                stacklevel=3)
+                stacklevel=3,
+            )
         return exists
 
     @property
@@ -110,10 +121,9 @@ class _MultiLabelImageDataset(Dataset):
             with Image.open(path) as img:
                 # load() forces a full decode so truncation is caught here.
                 img.load()
-                return img.convert('RGB')
+                return img.convert("RGB")
         except (OSError, ValueError, SyntaxError) as e:
-            warnings.warn(f"Skipping unreadable image '{path}': {e}",
-                          stacklevel=2)
+            warnings.warn(f"Skipping unreadable image '{path}': {e}", stacklevel=2)
             return None
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, int] | None:
@@ -125,8 +135,7 @@ class _MultiLabelImageDataset(Dataset):
         return img, self.labels[index].float(), index
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({len(self)}, '
-                f'num_labels={self.num_labels})')
+        return f"{self.__class__.__name__}({len(self)}, num_labels={self.num_labels})"
 
 
 class CocoMultiLabel(_MultiLabelImageDataset):
@@ -160,40 +169,43 @@ class CocoMultiLabel(_MultiLabelImageDataset):
         image_ids (list[int]): COCO image id of each row.
     """
 
-    def __init__(self, ann_file: str | os.PathLike,
-                 image_dir: str | os.PathLike,
-                 transform: Callable | None = None, keep_empty: bool = False):
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        transform: Callable | None = None,
+        keep_empty: bool = False,
+    ):
         super().__init__(transform)
         from pycocotools.coco import COCO
 
-        ann_file = _require_path(ann_file, 'ann_file', is_dir=False)
-        image_dir = _require_path(image_dir, 'image_dir', is_dir=True)
+        ann_file = _require_path(ann_file, "ann_file", is_dir=False)
+        image_dir = _require_path(image_dir, "image_dir", is_dir=True)
 
         with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints timings
             coco = COCO(ann_file)
 
         self.category_ids = sorted(coco.getCatIds())
         col = {cid: k for k, cid in enumerate(self.category_ids)}
-        names = [coco.cats[cid]['name'] for cid in self.category_ids]
+        names = [coco.cats[cid]["name"] for cid in self.category_ids]
 
         image_ids = sorted(coco.getImgIds())
         if not keep_empty:
             image_ids = [i for i in image_ids if coco.imgToAnns[i]]
         labels = torch.zeros(len(image_ids), len(names), dtype=torch.bool)
         for row, img_id in enumerate(image_ids):
-            cols = [col[a['category_id']] for a in coco.imgToAnns[img_id]]
+            cols = [col[a["category_id"]] for a in coco.imgToAnns[img_id]]
             labels[row, cols] = True
-        paths = [os.path.join(image_dir, coco.imgs[i]['file_name'])
-                 for i in image_ids]
+        paths = [os.path.join(image_dir, coco.imgs[i]["file_name"]) for i in image_ids]
 
         keep = self._set_samples(paths, labels, names, f"'{ann_file}'")
-        self.image_ids = [i for i, ok in zip(image_ids, keep.tolist()) if ok]
+        self.image_ids = [i for i, ok in zip(image_ids, keep.tolist(), strict=True) if ok]
 
 
 def _read_label_names(path: str) -> list[str]:
     """Reads label names from a ``.json`` (list or name->index dict) or text file."""
-    if path.lower().endswith('.json'):
-        with open(path, encoding='utf-8') as f:
+    if path.lower().endswith(".json"):
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if isinstance(data, list):
             return [str(n) for n in data]
@@ -202,11 +214,14 @@ def _read_label_names(path: str) -> list[str]:
             if indices != list(range(len(data))):
                 raise ValueError(
                     f"'label_names_file': the name->index dict in '{path}' "
-                    f"must map to 0..{len(data) - 1} exactly once each")
+                    f"must map to 0..{len(data) - 1} exactly once each"
+                )
             return sorted(data, key=data.__getitem__)
-        raise ValueError(f"'label_names_file': expected a JSON list or dict "
-                         f"in '{path}', got {type(data).__name__}")
-    with open(path, encoding='utf-8') as f:
+        raise ValueError(
+            f"'label_names_file': expected a JSON list or dict "
+            f"in '{path}', got {type(data).__name__}"
+        )
+    with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 
 
@@ -245,25 +260,26 @@ class ListFileMultiLabel(_MultiLabelImageDataset):
         image_paths (list[str]): Image file of each row.
     """
 
-    def __init__(self, list_file: str | os.PathLike,
-                 image_root: str | os.PathLike,
-                 label_names_file: str | os.PathLike,
-                 transform: Callable | None = None):
+    def __init__(
+        self,
+        list_file: str | os.PathLike,
+        image_root: str | os.PathLike,
+        label_names_file: str | os.PathLike,
+        transform: Callable | None = None,
+    ):
         super().__init__(transform)
-        list_file = _require_path(list_file, 'list_file', is_dir=False)
-        image_root = _require_path(image_root, 'image_root', is_dir=True)
-        names_file = _require_path(label_names_file, 'label_names_file',
-                                   is_dir=False)
+        list_file = _require_path(list_file, "list_file", is_dir=False)
+        image_root = _require_path(image_root, "image_root", is_dir=True)
+        names_file = _require_path(label_names_file, "label_names_file", is_dir=False)
         names = _read_label_names(names_file)
         if len(set(names)) != len(names):
-            raise ValueError(f"'label_names_file': '{names_file}' repeats "
-                             f"label names")
+            raise ValueError(f"'label_names_file': '{names_file}' repeats label names")
 
         entries: list[tuple[int, str, list[str]]] = []
-        with open(list_file, encoding='utf-8') as f:
+        with open(list_file, encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 tokens = line.split()
-                if tokens and not tokens[0].startswith('#'):
+                if tokens and not tokens[0].startswith("#"):
                     entries.append((lineno, tokens[0], tokens[1:]))
 
         as_int = all(_is_int(t) for _, _, toks in entries for t in toks)
@@ -277,13 +293,15 @@ class ListFileMultiLabel(_MultiLabelImageDataset):
                         raise ValueError(
                             f"'{list_file}' line {lineno}: label index {k} "
                             f"is outside 0..{len(names) - 1} (from "
-                            f"'{names_file}')")
+                            f"'{names_file}')"
+                        )
                 else:
                     if t not in index:
                         raise ValueError(
                             f"'{list_file}' line {lineno}: unknown label name "
                             f"'{t}' (not in '{names_file}'; labels are read "
-                            f"as names because not all tokens are integers)")
+                            f"as names because not all tokens are integers)"
+                        )
                     k = index[t]
                 labels[row, k] = True
         paths = [os.path.join(image_root, p) for _, p, _ in entries]

@@ -4,6 +4,7 @@ Used by the demo mode of ``examples/coco_train.py`` and by the tests: it
 exercises the real COCO code path (pycocotools, JPEG decoding) in seconds,
 and its labels co-occur so the label graph has structure to find.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,21 +14,29 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-__all__ = ['SyntheticCoco', 'make_synthetic_coco']
+__all__ = ["SyntheticCoco", "make_synthetic_coco"]
 
 _COLORS = {
-    'red': (220, 30, 30), 'green': (30, 170, 40), 'blue': (30, 60, 220),
-    'yellow': (235, 210, 20), 'magenta': (200, 40, 200),
-    'cyan': (20, 200, 210), 'orange': (245, 130, 20), 'black': (15, 15, 15),
-    'white': (250, 250, 250), 'purple': (110, 40, 160),
-    'brown': (130, 80, 30), 'pink': (250, 150, 190),
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 60, 220),
+    "yellow": (235, 210, 20),
+    "magenta": (200, 40, 200),
+    "cyan": (20, 200, 210),
+    "orange": (245, 130, 20),
+    "black": (15, 15, 15),
+    "white": (250, 250, 250),
+    "purple": (110, 40, 160),
+    "brown": (130, 80, 30),
+    "pink": (250, 150, 190),
 }
-_SHAPES = ('square', 'circle', 'triangle', 'cross')
+_SHAPES = ("square", "circle", "triangle", "cross")
 
 
 @dataclass(frozen=True)
 class SyntheticCoco:
     """Paths of a dataset written by :func:`make_synthetic_coco`."""
+
     root: str
     train_image_dir: str
     val_image_dir: str
@@ -52,11 +61,11 @@ def _label_style(k: int) -> tuple[str, str]:
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, color, box) -> None:
     x0, y0, x1, y1 = box
-    if shape == 'square':
+    if shape == "square":
         draw.rectangle(box, fill=color)
-    elif shape == 'circle':
+    elif shape == "circle":
         draw.ellipse(box, fill=color)
-    elif shape == 'triangle':
+    elif shape == "triangle":
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=color)
     else:
         w = max(2, (x1 - x0) // 3)
@@ -65,9 +74,17 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, color, box) -> None:
         draw.rectangle((x0, cy - w // 2, x1, cy + w // 2), fill=color)
 
 
-def _write_split(rng: random.Random, image_dir: str, ann_file: str,
-                 num_images: int, scenes: list[list[int]], cat_ids: list[int],
-                 names: list[str], image_size: int, first_id: int) -> None:
+def _write_split(
+    rng: random.Random,
+    image_dir: str,
+    ann_file: str,
+    num_images: int,
+    scenes: list[list[int]],
+    cat_ids: list[int],
+    names: list[str],
+    image_size: int,
+    first_id: int,
+) -> None:
     num_labels = len(names)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
@@ -77,43 +94,59 @@ def _write_split(rng: random.Random, image_dir: str, ann_file: str,
         # A latent scene switches on its group of labels with high
         # probability; any other label appears as rare noise.
         group = set(scenes[rng.randrange(len(scenes))])
-        present = [k for k in range(num_labels)
-                   if rng.random() < (0.8 if k in group else 0.05)]
+        present = [k for k in range(num_labels) if rng.random() < (0.8 if k in group else 0.05)]
         if not present:
             present = [rng.choice(sorted(group))]
 
         shade = rng.randint(90, 160)
-        img = Image.new('RGB', (image_size, image_size), (shade,) * 3)
+        img = Image.new("RGB", (image_size, image_size), (shade,) * 3)
         draw = ImageDraw.Draw(img)
         for k in present:
             x = rng.randint(0, image_size - side)
             y = rng.randint(0, image_size - side)
             color, shape = _label_style(k)
-            _draw(draw, shape, _COLORS[color], (x, y, x + side - 1,
-                                                y + side - 1))
-            annotations.append({
-                'id': len(annotations) + 1, 'image_id': img_id,
-                'category_id': cat_ids[k], 'iscrowd': 0,
-                'bbox': [x, y, side, side], 'area': float(side * side),
-                'segmentation': [[x, y, x + side, y, x + side, y + side,
-                                  x, y + side]],
-            })
-        file_name = f'{img_id:012d}.jpg'
+            _draw(draw, shape, _COLORS[color], (x, y, x + side - 1, y + side - 1))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": img_id,
+                    "category_id": cat_ids[k],
+                    "iscrowd": 0,
+                    "bbox": [x, y, side, side],
+                    "area": float(side * side),
+                    "segmentation": [[x, y, x + side, y, x + side, y + side, x, y + side]],
+                }
+            )
+        file_name = f"{img_id:012d}.jpg"
         img.save(os.path.join(image_dir, file_name), quality=90)
-        images.append({'id': img_id, 'file_name': file_name,
-                       'width': image_size, 'height': image_size})
+        images.append(
+            {"id": img_id, "file_name": file_name, "width": image_size, "height": image_size}
+        )
 
-    categories = [{'id': c, 'name': n, 'supercategory': 'shape'}
-                  for c, n in zip(cat_ids, names)]
-    with open(ann_file, 'w') as f:
-        json.dump({'info': {'description': 'agcn_pyg synthetic COCO'},
-                   'licenses': [], 'images': images,
-                   'annotations': annotations, 'categories': categories}, f)
+    categories = [
+        {"id": c, "name": n, "supercategory": "shape"} for c, n in zip(cat_ids, names, strict=True)
+    ]
+    with open(ann_file, "w") as f:
+        json.dump(
+            {
+                "info": {"description": "agcn_pyg synthetic COCO"},
+                "licenses": [],
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+            },
+            f,
+        )
 
 
-def make_synthetic_coco(root: str | os.PathLike, num_train: int = 64,
-                        num_val: int = 32, num_labels: int = 8,
-                        image_size: int = 64, seed: int = 0) -> SyntheticCoco:
+def make_synthetic_coco(
+    root: str | os.PathLike,
+    num_train: int = 64,
+    num_val: int = 32,
+    num_labels: int = 8,
+    image_size: int = 64,
+    seed: int = 0,
+) -> SyntheticCoco:
     r"""Writes a small COCO-format multi-label dataset under :obj:`root`.
 
     Layout: ``root/train2017/*.jpg``, ``root/val2017/*.jpg`` and
@@ -149,8 +182,8 @@ def make_synthetic_coco(root: str | os.PathLike, num_train: int = 64,
     names = []
     for k in range(num_labels):
         color, shape = _label_style(k)
-        name = f'{color}_{shape}'
-        names.append(name if name not in names else f'{name}_{k}')
+        name = f"{color}_{shape}"
+        names.append(name if name not in names else f"{name}_{k}")
 
     # Scenes: a shuffled partition of the labels into groups, each also
     # borrowing the first label of the next group so the groups chain.
@@ -158,21 +191,38 @@ def make_synthetic_coco(root: str | os.PathLike, num_train: int = 64,
     rng.shuffle(order)
     num_scenes = max(2, num_labels // 3)
     groups = [order[s::num_scenes] or order[:1] for s in range(num_scenes)]
-    scenes = [g + groups[(s + 1) % num_scenes][:1]
-              for s, g in enumerate(groups)]
+    scenes = [g + groups[(s + 1) % num_scenes][:1] for s, g in enumerate(groups)]
 
-    ann_dir = os.path.join(root, 'annotations')
+    ann_dir = os.path.join(root, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     out = SyntheticCoco(
         root=root,
-        train_image_dir=os.path.join(root, 'train2017'),
-        val_image_dir=os.path.join(root, 'val2017'),
-        train_ann_file=os.path.join(ann_dir, 'instances_train2017.json'),
-        val_ann_file=os.path.join(ann_dir, 'instances_val2017.json'),
+        train_image_dir=os.path.join(root, "train2017"),
+        val_image_dir=os.path.join(root, "val2017"),
+        train_ann_file=os.path.join(ann_dir, "instances_train2017.json"),
+        val_ann_file=os.path.join(ann_dir, "instances_val2017.json"),
         label_names=tuple(names),
     )
-    _write_split(rng, out.train_image_dir, out.train_ann_file, num_train,
-                 scenes, cat_ids, names, image_size, first_id=1)
-    _write_split(rng, out.val_image_dir, out.val_ann_file, num_val, scenes,
-                 cat_ids, names, image_size, first_id=num_train + 1)
+    _write_split(
+        rng,
+        out.train_image_dir,
+        out.train_ann_file,
+        num_train,
+        scenes,
+        cat_ids,
+        names,
+        image_size,
+        first_id=1,
+    )
+    _write_split(
+        rng,
+        out.val_image_dir,
+        out.val_ann_file,
+        num_val,
+        scenes,
+        cat_ids,
+        names,
+        image_size,
+        first_id=num_train + 1,
+    )
     return out
