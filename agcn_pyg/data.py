@@ -191,7 +191,13 @@ class CocoMultiLabel(_MultiLabelImageDataset):
 
         image_ids = sorted(coco.getImgIds())
         if not keep_empty:
+            num_listed = len(image_ids)
             image_ids = [i for i in image_ids if coco.imgToAnns[i]]
+            if num_listed and not image_ids:
+                raise ValueError(
+                    f"Dataset from '{ann_file}' is empty: none of its {num_listed} images has "
+                    f"an annotation (pass keep_empty=True to keep them as all-negative)"
+                )
         labels = torch.zeros(len(image_ids), len(names), dtype=torch.bool)
         for row, img_id in enumerate(image_ids):
             cols = [col[a["category_id"]] for a in coco.imgToAnns[img_id]]

@@ -115,7 +115,7 @@ def test_coco_category_without_images_warns(tmp_path):
 
 def test_coco_empty_dataset(tmp_path):
     ann_file, img_dir = _write_coco(str(tmp_path), IMAGES, [], CATS)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="empty.*annotation.*keep_empty"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             CocoMultiLabel(ann_file, img_dir)
