@@ -1,0 +1,258 @@
+r"""The label co-occurrence graph: the fixed adjacency :math:`A` of ML-AGCN eq. (3).
+
+Every node is a label. From a training set's multi-hot label matrix we count how often two
+labels appear in the same image and turn the counts into the conditional probability of
+eq. (1),
+
+.. math::
+    P_{ij} = P(j \mid i) = \frac{\text{count}(i, j)}{\text{count}(i)}.
+
+**Orientation.** Every matrix returned here follows PyG's target-row convention, the one the
+layer consumes: ``adj[i, j]`` is the weight of the edge :math:`j \to i`, i.e. node :math:`i`
+aggregates node :math:`j` with that weight (``out = adj @ x``).
+
+**ML-AGCN's A** is :math:`P` itself, ``adj[i, j] = P(j | i)``: label :math:`i` aggregates
+label :math:`j` in proportion to how likely :math:`j` is once :math:`i` is present. This is
+ML-GCN's :math:`A` (row :math:`i` is :math:`P(\cdot \mid i)`) *before* ML-GCN's ``gen_adj``
+transposes it, and with no threshold (ML-AGCN, footnote 1). The diagonal is 1 for every
+label that occurs. Normalising it is the layer's business (the paper only says "A is
+normalized before applying Eq. (2)").
+
+:func:`mlgcn_adjacency` reproduces ML-GCN's thresholded, re-weighted, normalised matrix
+exactly, for the ML-GCN baseline and for the ablation "Original graph (A)" in Table 3.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LabelGraph",
+    "conditional_probability",
+    "cooccurrence_counts",
+    "label_graph_from_coco",
+    "mlgcn_adjacency",
+]
+
+
+def _as_multi_hot(labels: Any, name: str = "labels") -> Tensor:
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
+    if y.dim() != 2:
+        raise ValueError(
+            f"`{name}` must be a [num_samples, num_labels] multi-hot matrix, "
+            f"got shape {tuple(y.shape)}"
+        )
+    # `> 0` so that ML-GCN's -1/0/1 target encoding (VOC) also reads as absent/present.
+    return y > 0
+
+
+def cooccurrence_counts(labels: Any) -> tuple[Tensor, Tensor]:
+    r"""Counts label pairs appearing in the same sample.
+
+    Args:
+        labels (Tensor or np.ndarray): Multi-hot matrix of shape ``[num_samples, N]``
+            (bool or 0/1; any value ``> 0`` counts as present).
+
+    Returns:
+        ``(counts, nums)``: ``counts[i, j]`` (``int64``, ``[N, N]``, symmetric) is the number
+        of samples containing both :math:`i` and :math:`j`; the diagonal ``counts[i, i] =
+        nums[i]`` is the number of samples containing :math:`i`.
+    """
+    y = _as_multi_hot(labels)
+    # float64 matmul is exact for counts below 2**53 and much faster than integer matmul.
+    yf = y.to(torch.float64)
+    counts = (yf.t() @ yf).round().to(torch.long)
+    return counts, counts.diagonal().clone()
+
+
+def conditional_probability(counts: Tensor, nums: Tensor) -> Tensor:
+    r"""Eq. (1)'s :math:`P_{ij} = P(j \mid i)` = ``counts[i, j] / nums[i]``, no threshold.
+
+    This is ML-AGCN's :math:`A` (see the module docstring for the orientation). Labels that
+    never occur (``nums[i] == 0``) get a zero row instead of NaN.
+
+    Returns:
+        ``[N, N]`` tensor of the default float dtype; diagonal 1 for labels that occur.
+    """
+    counts, nums = _check_counts(counts, nums)
+    denom = nums.to(torch.float64).clamp(min=1).unsqueeze(1)
+    P = counts.to(torch.float64) / denom  # rows with nums[i] == 0 have zero counts too
+    return P.to(torch.get_default_dtype())
+
+
+def mlgcn_adjacency(
+    counts: Tensor,
+    nums: Tensor,
+    threshold: float = 0.4,
+    p: float = 0.25,
+    normalize: bool = True,
+) -> Tensor:
+    r"""ML-GCN's adjacency (``gen_A`` followed by ``gen_adj``), in our orientation.
+
+    Steps, with :math:`P` from :func:`conditional_probability`:
+
+    1. eq. (1): :math:`B_{ij} = [P_{ij} \ge \tau]`, with a zero diagonal;
+    2. re-weighting by **column** sums, as ML-GCN's code does:
+       :math:`A = B \cdot p / (\mathbf{1}^\top B + 10^{-6}) + I`;
+    3. symmetric normalisation, as ``gen_adj``: :math:`\hat{A} = D A^\top D` with
+       :math:`D = \mathrm{diag}(A \mathbf{1})^{-1/2}` (row sums of :math:`A`).
+
+    ML-GCN then computes ``adj @ x``, so :math:`\hat{A}` is already in our orientation
+    (``adj[i, j]`` = weight of :math:`j \to i`): after the transpose, label :math:`i`
+    aggregates label :math:`j` when :math:`P(i \mid j) \ge \tau`.
+
+    Args:
+        counts (Tensor): ``[N, N]`` co-occurrence counts.
+        nums (Tensor): ``[N]`` label counts.
+        threshold (float, optional): :math:`\tau` of eq. (1). (default: :obj:`0.4`)
+        p (float, optional): weight given to the neighbours. ML-GCN's code uses
+            :obj:`0.25` and its author says this equals the paper's :math:`p = 0.2` after
+            normalisation. (default: :obj:`0.25`)
+        normalize (bool, optional): If :obj:`False`, skip step 3 and return :math:`A^\top`
+            (``gen_A``'s matrix transposed into our orientation). (default: :obj:`True`)
+
+    Labels that never occur get only their self-loop (no NaN): ML-GCN's
+    ``counts / nums`` would give NaN there.
+    """
+    P = conditional_probability(counts, nums).to(torch.float64)
+    N = P.size(0)
+    eye = torch.eye(N, dtype=torch.float64)
+    B = (P >= threshold).to(torch.float64) * (1 - eye)
+    A = B * p / (B.sum(0, keepdim=True) + 1e-6) + eye
+    if normalize:
+        d = A.sum(1).pow(-0.5)  # >= 1 thanks to the identity: never inf
+        A_hat = d.unsqueeze(1) * A.t() * d.unsqueeze(0)
+    else:
+        A_hat = A.t()
+    return A_hat.to(torch.get_default_dtype())
+
+
+def _check_counts(counts: Tensor, nums: Tensor) -> tuple[Tensor, Tensor]:
+    counts, nums = torch.as_tensor(counts), torch.as_tensor(nums)
+    if counts.dim() != 2 or counts.size(0) != counts.size(1):
+        raise ValueError(f"`counts` must be a square [N, N] matrix, got {tuple(counts.shape)}")
+    if nums.shape != (counts.size(0),):
+        raise ValueError(
+            f"`nums` must have shape [{counts.size(0)}] to match `counts`, got {tuple(nums.shape)}"
+        )
+    return counts, nums
+
+
+@dataclass
+class LabelGraph:
+    r"""Co-occurrence statistics of a training set: everything needed to build :math:`A`.
+
+    Args:
+        counts (Tensor): ``[N, N]`` pair counts (see :func:`cooccurrence_counts`).
+        nums (Tensor): ``[N]`` per-label counts.
+        label_names (list[str], optional): Name of each label index.
+
+    Example::
+
+        graph = label_graph_from_coco("annotations/instances_train2014.json")
+        A = graph.adjacency()                 # P(j | i), ML-AGCN
+        A_gcn = graph.adjacency("mlgcn")      # ML-GCN's thresholded matrix
+        graph.save("coco_graph.pt"); graph = LabelGraph.load("coco_graph.pt")
+    """
+
+    counts: Tensor
+    nums: Tensor
+    label_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.counts, self.nums = _check_counts(self.counts, self.nums)
+        if self.label_names is not None:
+            self.label_names = [str(n) for n in self.label_names]
+            if len(self.label_names) != self.num_labels:
+                raise ValueError(
+                    f"`label_names` must have {self.num_labels} entries, "
+                    f"got {len(self.label_names)}"
+                )
+
+    @property
+    def num_labels(self) -> int:
+        return self.counts.size(0)
+
+    @classmethod
+    def from_labels(cls, multi_hot: Any, label_names: list[str] | None = None) -> LabelGraph:
+        """Builds the graph from a ``[num_samples, N]`` multi-hot matrix."""
+        counts, nums = cooccurrence_counts(multi_hot)
+        return cls(counts, nums, label_names)
+
+    def probability(self) -> Tensor:
+        r""":math:`P_{ij} = P(j \mid i)` of eq. (1), see :func:`conditional_probability`."""
+        return conditional_probability(self.counts, self.nums)
+
+    def adjacency(self, kind: str = "cooccurrence", **kwargs: Any) -> Tensor:
+        r"""The fixed adjacency :math:`A`, ``adj[i, j]`` = weight of edge :math:`j \to i`.
+
+        Args:
+            kind (str, optional): :obj:`"cooccurrence"` for ML-AGCN's unthresholded
+                :math:`P` (:meth:`probability`), :obj:`"mlgcn"` for ML-GCN's matrix
+                (:func:`mlgcn_adjacency`, which takes ``threshold``, ``p``, ``normalize``
+                as keyword arguments). (default: :obj:`"cooccurrence"`)
+        """
+        if kind == "cooccurrence":
+            if kwargs:
+                raise TypeError(f"kind='cooccurrence' takes no options, got {sorted(kwargs)}")
+            return self.probability()
+        if kind == "mlgcn":
+            return mlgcn_adjacency(self.counts, self.nums, **kwargs)
+        raise ValueError(f"`kind` must be 'cooccurrence' or 'mlgcn', got {kind!r}")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Saves plain tensors and a list of names with :func:`torch.save`."""
+        torch.save(
+            {"counts": self.counts, "nums": self.nums, "label_names": self.label_names}, path
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LabelGraph:
+        """Loads a file written by :meth:`save` (``weights_only=True``: no code runs)."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(data["counts"], data["nums"], data.get("label_names"))
+
+
+def label_graph_from_coco(ann_file_or_coco: Any) -> LabelGraph:
+    r"""Counts label co-occurrences in a COCO-format annotation file.
+
+    Label index :math:`k` is the :math:`k`-th category in increasing category id (ASL's
+    order; ids need not be contiguous — COCO's 80 ids run from 1 to 90). An image counts once
+    per category however many instances it holds (crowd annotations included, as in ASL and
+    ML-GCN); images without annotations are not counted.
+
+    Args:
+        ann_file_or_coco (str, os.PathLike, dict or pycocotools.coco.COCO): Path of the
+            ``instances_*.json`` file, its parsed dictionary, or a loaded ``COCO`` object.
+
+    Returns:
+        A :class:`LabelGraph` whose ``label_names`` are the category names.
+    """
+    from pycocotools.coco import COCO
+
+    if isinstance(ann_file_or_coco, COCO):
+        coco = ann_file_or_coco
+    elif isinstance(ann_file_or_coco, dict):
+        coco = COCO()
+        coco.dataset = ann_file_or_coco
+        coco.createIndex()
+    else:
+        if not os.path.isfile(ann_file_or_coco):
+            raise FileNotFoundError(f"COCO annotation file not found: {ann_file_or_coco}")
+        coco = COCO(os.fspath(ann_file_or_coco))
+
+    cat_ids = sorted(coco.getCatIds())
+    index = {cat_id: k for k, cat_id in enumerate(cat_ids)}
+    names = [coco.cats[c]["name"] for c in cat_ids]
+
+    rows = [{index[a["category_id"]] for a in anns} for anns in coco.imgToAnns.values() if anns]
+    multi_hot = torch.zeros(len(rows), len(cat_ids), dtype=torch.bool)
+    for r, labels in enumerate(rows):
+        multi_hot[r, list(labels)] = True
+    return LabelGraph.from_labels(multi_hot, names)
