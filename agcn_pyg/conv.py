@@ -426,6 +426,9 @@ class AdaptiveGCNConv(MessagePassing):
                     f"(got shape {list(edge_index.size())})"
                 )
             layout = edge_index
+            if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
+                # PyG's to_edge_index would flag an uncoalesced input as coalesced in place.
+                edge_index = edge_index.coalesce()
             index, edge_weight = to_edge_index(edge_index)
             edge_index = index.flip(0)  # adj_t[i, j] is the edge j -> i
         else:
