@@ -144,7 +144,7 @@ def _check_counts(counts: Tensor, nums: Tensor) -> tuple[Tensor, Tensor]:
     return counts, nums
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value for ==
 class LabelGraph:
     r"""Co-occurrence statistics of a training set: everything needed to build :math:`A`.
 

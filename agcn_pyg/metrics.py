@@ -200,7 +200,7 @@ def gather_predictions(
         )
         scores = _all_gather_varsize(scores.float(), device)
         # bool is not supported by every backend's all_gather.
-        targets = _all_gather_varsize(targets.to(torch.uint8), device)
+        targets = _all_gather_varsize(targets.to(torch.uint8), device).to(targets.dtype)
         if indices is not None:
             indices = _all_gather_varsize(torch.as_tensor(indices).reshape(-1).long(), device)
     if indices is not None:
