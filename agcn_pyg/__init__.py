@@ -3,9 +3,45 @@
 __version__ = "0.1.0"
 
 from agcn_pyg.conv import AdaptiveGCNConv, AdaptiveGraphs
+from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
+from agcn_pyg.head import MultiLabelHead
+from agcn_pyg.label_graph import (
+    LabelGraph,
+    conditional_probability,
+    cooccurrence_counts,
+    label_graph_from_coco,
+    mlgcn_adjacency,
+)
+from agcn_pyg.loss import asymmetric_loss
+from agcn_pyg.metrics import MultiLabelMetrics, format_table, multilabel_metrics
+from agcn_pyg.model import MLAGCN, count_parameters, create_model
+from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
+from agcn_pyg.synthetic import make_synthetic_coco
+from agcn_pyg.transforms import build_transforms
 
 __all__ = [
     "AdaptiveGCNConv",
     "AdaptiveGraphs",
+    "CocoMultiLabel",
+    "LabelGraph",
+    "ListFileMultiLabel",
+    "MLAGCN",
+    "MultiLabelHead",
+    "MultiLabelMetrics",
     "__version__",
+    "asymmetric_loss",
+    "build_transforms",
+    "collate_skip_corrupt",
+    "conditional_probability",
+    "cooccurrence_counts",
+    "count_parameters",
+    "create_model",
+    "identity_features",
+    "image_embeddings",
+    "label_graph_from_coco",
+    "load_node_features",
+    "make_synthetic_coco",
+    "format_table",
+    "multilabel_metrics",
+    "mlgcn_adjacency",
 ]

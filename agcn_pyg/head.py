@@ -1,0 +1,162 @@
+"""The GCN subnet of ML-AGCN (Section 3.1, Fig. 2): label nodes in, one classifier per label out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agcn_pyg.conv import AdaptiveGCNConv, AdaptiveGraphs
+
+
+class MultiLabelHead(nn.Module):
+    r"""A stack of :class:`~agcn_pyg.AdaptiveGCNConv` layers over the dense label graph that
+    turns the :math:`N` label nodes into :math:`N` classifiers of the image feature size
+    :math:`D`, and applies them to pooled image features (Fig. 2):
+
+    .. math::
+        \mathbf{F}^{(l+1)} = h\left((\mathbf{A} + \mathbf{B}^{(l)} + \mathbf{C}^{(l)})
+        \mathbf{F}^{(l)} \mathbf{W}_l\right), \qquad
+        \hat{\mathbf{y}} = \mathbf{x} \, \left(\mathbf{F}^{(L)}\right)^{\top}
+
+    (eq. 3), with :math:`h` = LeakyReLU(0.2) between layers and no activation after the last
+    one, as in ML-GCN, so the classifiers can take any sign.
+
+    In :meth:`eval` mode with gradients disabled the classifiers do not depend on the image:
+    they are computed once and reused until the module trains again, moves, or any of its
+    parameters or buffers changes (every in-place update bumps a tensor's version counter,
+    which the cache key includes), so inference costs one matrix product, like a linear head.
+
+    Args:
+        in_features (int): Size :math:`D` of the pooled image feature.
+        num_labels (int): Number of labels :math:`N`.
+        adj (torch.Tensor): The fixed label graph :math:`\mathbf{A}`, :obj:`[N, N]`,
+            ``adj[i, j]`` = weight of :math:`j \to i` (see :mod:`agcn_pyg.label_graph`).
+            Stored as a buffer.
+        node_features (torch.Tensor, optional): Label node features :math:`\mathbf{F}^{(0)}`,
+            :obj:`[N, d]`: word vectors, image embeddings (:mod:`agcn_pyg.node_features`).
+            (default: :obj:`None`, the one-hot identity, :math:`d = N`, with which the
+            parameter counts match the paper)
+        hidden_channels (Sequence[int], optional): Output sizes of all layers but the last;
+            ``()`` gives the paper's 1-layer model, ``(1024,)`` its 2-layer model.
+            (default: :obj:`(1024,)`)
+        learn_node_features (bool, optional): Make the node features a parameter.
+            (default: :obj:`False`)
+        negative_slope (float, optional): LeakyReLU slope between layers. (default: :obj:`0.2`)
+        **conv_kwargs (optional): Passed to every :class:`~agcn_pyg.AdaptiveGCNConv`
+            (:obj:`attention`, :obj:`similarity`, :obj:`share_weights`, :obj:`dropout`, ...).
+
+    Shapes:
+        - **input:** image features :math:`(B, D)`
+        - **output:** logits :math:`(B, N)`
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        adj: Tensor,
+        node_features: Tensor | None = None,
+        hidden_channels: Sequence[int] = (1024,),
+        learn_node_features: bool = False,
+        negative_slope: float = 0.2,
+        **conv_kwargs,
+    ):
+        super().__init__()
+        adj = torch.as_tensor(adj)
+        if adj.shape != (num_labels, num_labels):
+            raise ValueError(
+                f"'adj' must be [num_labels, num_labels] = [{num_labels}, {num_labels}] "
+                f"(got {list(adj.shape)})"
+            )
+        if not torch.isfinite(adj).all():
+            raise ValueError("'adj' contains NaN or infinite entries")
+        if node_features is None:
+            node_features = torch.eye(num_labels)
+        node_features = torch.as_tensor(node_features, dtype=torch.get_default_dtype())
+        if node_features.dim() != 2 or node_features.size(0) != num_labels:
+            raise ValueError(
+                f"'node_features' must be [num_labels, d] with num_labels = {num_labels} "
+                f"(got {list(node_features.shape)})"
+            )
+
+        self.in_features = in_features
+        self.num_labels = num_labels
+        self.negative_slope = negative_slope
+        self.register_buffer("adj", adj.to(torch.get_default_dtype()))
+        if learn_node_features:
+            self.node_features = nn.Parameter(node_features.clone())
+        else:
+            self.register_buffer("node_features", node_features.clone())
+
+        channels = [node_features.size(1), *hidden_channels, in_features]
+        self.convs = nn.ModuleList(
+            AdaptiveGCNConv(c_in, c_out, **conv_kwargs)
+            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+        )
+        self._cache: tuple[tuple, Tensor] | None = None
+
+    def classifiers(self) -> Tensor:
+        """The :obj:`[N, in_features]` label classifiers (the last layer's node features)."""
+        x = self.node_features
+        for i, conv in enumerate(self.convs):
+            x = conv(x, self.adj)
+            if i < len(self.convs) - 1:
+                x = F.leaky_relu(x, self.negative_slope)
+        return x
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.dim() != 2 or features.size(-1) != self.in_features:
+            raise ValueError(
+                f"image features must be [batch, {self.in_features}] (got "
+                f"{list(features.shape)}); is the backbone's num_features {self.in_features}?"
+            )
+        return features @ self._cached_classifiers().t().to(features.dtype)
+
+    def _cached_classifiers(self) -> Tensor:
+        # A cached tensor has no autograd graph: recompute whenever gradients can flow.
+        if self.training or (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        ):
+            self._cache = None
+            return self.classifiers()
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in self._state_tensors())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.classifiers())
+        return self._cache[1]
+
+    def _state_tensors(self):
+        yield from self.parameters()
+        yield from self.buffers()
+
+    def train(self, mode: bool = True) -> MultiLabelHead:
+        self._cache = None
+        return super().train(mode)
+
+    @torch.no_grad()
+    def graphs(self) -> list[AdaptiveGraphs]:
+        """The dense :math:`(\\mathbf{A}, \\mathbf{B}^{(l)}, \\mathbf{C}^{(l)})` of every
+        layer, each :obj:`[N, N]`, for inspection and plots."""
+        out = []
+        x = self.node_features
+        for i, conv in enumerate(self.convs):
+            out.append(conv.graphs(x, self.adj))
+            x = conv(x, self.adj)
+            if i < len(self.convs) - 1:
+                x = F.leaky_relu(x, self.negative_slope)
+        return out
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """A bias-free :class:`torch.nn.Linear` holding the current classifiers, for
+        serving and export: the graph layers are not needed once training is over."""
+        weight = self.classifiers()
+        linear = nn.Linear(self.in_features, self.num_labels, bias=False)
+        linear = linear.to(device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(weight)
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_labels={self.num_labels}"
