@@ -1,0 +1,277 @@
+"""Batched multi-label prediction over image files and folders, from a checkpoint alone.
+
+Images are preprocessed with the evaluation transform of the checkpoint's ``data_config``
+(:func:`~agcn_pyg.build_transforms` with ``train=False``). An unreadable file does not stop
+the batch: it is reported with a warning naming it, and its record carries an ``error``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from agcn_pyg.model import MLAGCN
+from agcn_pyg.transforms import build_transforms
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "eval_transform",
+    "find_images",
+    "load_for_inference",
+    "predict",
+    "write_csv",
+    "write_json",
+]
+
+#: File name endings :func:`find_images` collects from folders (case-insensitive).
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+)
+
+
+def find_images(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> list[str]:
+    """Expands files and folders into a list of image files: a folder is searched
+    recursively for names ending in ``extensions`` (sorted, hidden entries skipped); a file
+    is kept as given whatever its name, so that a bad file named explicitly is reported
+    rather than silently dropped."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    ends = tuple(e.lower() for e in extensions)
+    out = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [os.path.join(root, f) for f in files
+                          if f.lower().endswith(ends) and not f.startswith(".")]
+            out += sorted(found)
+        elif os.path.isfile(path):
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"'paths': '{path}' is neither an image file nor a folder")
+    return out
+
+
+def load_for_inference(
+    checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN,
+    use_ema: bool = True,
+) -> tuple[MLAGCN, list[str], dict[str, Any]]:
+    """Returns ``(model, label_names, data_config)`` of a checkpoint path or dict, the model
+    in eval mode with the EMA weights when present and ``use_ema``. A bare model is accepted
+    too (and returned as it is): its labels are named by index and its data config is
+    timm's for the backbone."""
+    if isinstance(checkpoint, MLAGCN):
+        from timm.data import resolve_model_data_config
+
+        model = checkpoint
+        names = [str(i) for i in range(model.head.num_labels)]
+        return model, names, dict(resolve_model_data_config(model.backbone))
+
+    from agcn_pyg.checkpoint import model_from_checkpoint
+
+    model, state = model_from_checkpoint(
+        dict(checkpoint) if isinstance(checkpoint, Mapping) else checkpoint, use_ema=use_ema
+    )
+    data_config = dict(state["config"].get("data_config") or {})
+    if "input_size" not in data_config or "mean" not in data_config:
+        from timm.data import resolve_model_data_config
+
+        warnings.warn(
+            "the checkpoint has no data_config (input_size, mean, std); using timm's default "
+            f"for the backbone '{state['config']['model_name']}'",
+            stacklevel=2,
+        )
+        data_config = {**resolve_model_data_config(model.backbone), **data_config}
+    return model, list(state["label_names"]), data_config
+
+
+def eval_transform(data_config: Mapping[str, Any]):
+    """The evaluation transform of a data config: squash resize to ``input_size``, tensor,
+    normalisation (:func:`~agcn_pyg.build_transforms` with ``train=False``)."""
+    if "input_size" not in data_config:
+        raise ValueError(
+            f"'data_config' lacks 'input_size' (3, H, W); got keys {sorted(data_config)}"
+        )
+    height, width = data_config["input_size"][-2:]
+    if height != width:
+        raise ValueError(
+            f"'data_config': build_transforms resizes to a square, but input_size is "
+            f"{tuple(data_config['input_size'])}"
+        )
+    return build_transforms(data_config, img_size=int(height), train=False)
+
+
+class _ImageFiles(Dataset):
+    """``(image tensor or None, index, error message or None)`` per file."""
+
+    def __init__(self, paths: Sequence[str], transform):
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            with Image.open(self.paths[index]) as img:
+                img.load()  # a full decode, so that a truncated file fails here
+                img = img.convert("RGB")
+            return self.transform(img), index, None
+        except Exception as e:  # any decoding failure is reported per file
+            return None, index, f"{type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    good = [b for b in batch if b[0] is not None]
+    images = torch.stack([b[0] for b in good]) if good else None
+    return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[0] is None]
+
+
+def _select(probs: Tensor, threshold: float, top_k: int | None, fallback_k: int) -> list[int]:
+    """Label indices to report, by decreasing score: the ``top_k`` best when given, else
+    those at or above ``threshold``, else the ``fallback_k`` best."""
+    order = probs.argsort(descending=True, stable=True).tolist()
+    if top_k is not None:
+        return order[:top_k]
+    chosen = [i for i in order if probs[i] >= threshold]
+    return chosen or order[:fallback_k]
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN,
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    fallback_k: int = 5,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    r"""Scores every image of ``paths`` (files and folders, see :func:`find_images`).
+
+    Args:
+        checkpoint: A checkpoint path or dict written by
+            :func:`~agcn_pyg.checkpoint.save_checkpoint`, or an :class:`~agcn_pyg.MLAGCN`.
+        paths: Image files and/or folders (searched recursively).
+        threshold (float, optional): Report the labels whose probability
+            :math:`\sigma(\text{logit})` is at least this. (default: :obj:`0.5`)
+        top_k (int, optional): Report the ``top_k`` most probable labels instead.
+            (default: :obj:`None`)
+        fallback_k (int, optional): Without ``top_k``, report this many best labels when no
+            label passes the threshold. (default: :obj:`5`)
+        batch_size (int, optional): Images per forward pass. (default: :obj:`16`)
+        device (str or torch.device, optional): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        use_ema (bool, optional): Use the checkpoint's EMA weights when present.
+        num_workers (int, optional): :class:`~torch.utils.data.DataLoader` workers decoding
+            images. (default: :obj:`0`)
+        progress (bool, optional): Show a tqdm progress bar. (default: :obj:`True`)
+
+    Returns:
+        list[dict]: one record per file, in :func:`find_images` order, with keys ``path``,
+        ``labels`` and ``scores`` (the reported labels and their probabilities, most
+        probable first), ``probabilities`` (all :math:`N`, in label order) and ``error``
+        (:obj:`None`, or why the file could not be read; its other fields are then empty
+        and :obj:`None`). Each unreadable file also raises a :class:`UserWarning` naming it.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"'threshold' must be a probability in [0, 1] (got {threshold})")
+    for name, value in (("top_k", top_k), ("fallback_k", fallback_k), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"'{name}' must be at least 1 (got {value})")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"'device' is {device}, but CUDA is not available here")
+
+    files = find_images(paths)
+    model, names, data_config = load_for_inference(checkpoint, use_ema=use_ema)
+    model = model.to(device).eval()
+    loader = DataLoader(
+        _ImageFiles(files, eval_transform(data_config)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+
+    records: list[dict[str, Any] | None] = [None] * len(files)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), unit="img", desc="predict")
+    try:
+        for images, indices, failures in loader:
+            for i, error in failures:
+                warnings.warn(f"skipping unreadable image '{files[i]}': {error}", stacklevel=2)
+                records[i] = dict(path=files[i], labels=[], scores=[], probabilities=None,
+                                  error=error)
+            if images is not None:
+                probs = torch.sigmoid(model(images.to(device, non_blocking=True)).float()).cpu()
+                for i, p in zip(indices, probs, strict=True):
+                    chosen = _select(p, threshold, top_k, fallback_k)
+                    records[i] = dict(
+                        path=files[i],
+                        labels=[names[j] for j in chosen],
+                        scores=[float(p[j]) for j in chosen],
+                        probabilities=p.tolist(),
+                        error=None,
+                    )
+            if bar is not None:
+                bar.update(len(indices) + len(failures))
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def write_json(
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    label_names: Sequence[str] | None = None,
+    probabilities: bool = False,
+) -> None:
+    """Writes the records of :func:`predict` as a JSON list. The full ``probabilities`` are
+    left out unless ``probabilities=True``; ``label_names``, when given, are stored next to
+    them (``{"label_names": [...], "predictions": [...]}``)."""
+    rows = [{k: v for k, v in r.items() if probabilities or k != "probabilities"}
+            for r in records]
+    out: Any = rows if label_names is None else dict(label_names=list(label_names),
+                                                     predictions=rows)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Writes one row per image: ``path``, ``labels`` and ``scores`` (``;``-separated, most
+    probable first) and ``error`` (empty when the image was read)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "scores", "error"])
+        for r in records:
+            writer.writerow([
+                r["path"],
+                ";".join(r["labels"]),
+                ";".join(f"{s:.6f}" for s in r["scores"]),
+                r["error"] or "",
+            ])

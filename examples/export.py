@@ -1,0 +1,39 @@
+"""Export a trained ML-AGCN checkpoint for serving with torch.export (a ``.pt2`` file).
+
+The graph head is folded into one linear layer of precomputed classifiers; the batch
+dimension is dynamic; label names and the preprocessing config travel in the archive.
+
+    python examples/export.py CKPT OUT.pt2 [--input-size 3 448 448] [--no-ema]
+
+Serve it with::
+
+    from agcn_pyg.export import load_exported      # or torch.export.load(path).module()
+    model, meta = load_exported("model.pt2")       # meta: label_names, data_config
+    probabilities = model(images).sigmoid()
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from agcn_pyg.export import export_model, load_exported
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint)")
+    parser.add_argument("output", help="where to write the exported program (.pt2)")
+    parser.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                        help="image size (default: the checkpoint's data_config input_size)")
+    parser.add_argument("--no-ema", action="store_true", help="ignore the EMA weights")
+    args = parser.parse_args(argv)
+
+    export_model(args.checkpoint, args.input_size, args.output, use_ema=not args.no_ema)
+    _, meta = load_exported(args.output)
+    print(f"wrote {args.output}: {len(meta['label_names'])} labels, input "
+          f"{tuple(meta['input_size'])}, dynamic batch, outputs logits")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

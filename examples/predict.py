@@ -1,0 +1,71 @@
+"""Predict the labels of images or folders of images with a trained ML-AGCN checkpoint.
+
+Prints, per image, the labels whose probability passes ``--threshold`` (or the ``--top-k``
+most probable ones; the 5 best when none passes), and can write JSON and CSV. Folders are
+searched recursively; an unreadable file is reported on stderr and in the outputs (field
+``error``) without stopping the batch.
+
+    python examples/predict.py CKPT IMAGE_OR_FOLDER [...] [--threshold 0.5] [--top-k 5]
+        [--batch-size 16] [--device cpu|cuda] [--json OUT] [--csv OUT] [--no-ema]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from agcn_pyg.checkpoint import load_checkpoint
+from agcn_pyg.predict import predict, write_csv, write_json
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint)")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="report the k most probable labels instead of the threshold")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes")
+    parser.add_argument("--json", default=None, help="write the predictions as JSON there")
+    parser.add_argument("--all-scores", action="store_true",
+                        help="put every label's probability in the JSON output")
+    parser.add_argument("--csv", default=None, help="write the predictions as CSV there")
+    parser.add_argument("--no-ema", action="store_true", help="ignore the EMA weights")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    def warn(message, category, filename, lineno, file=None, line=None):
+        # One plain line on stderr per unreadable file, clear of the progress bar.
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = warn
+    state = load_checkpoint(args.checkpoint)
+    records = predict(
+        state, args.inputs, threshold=args.threshold, top_k=args.top_k,
+        batch_size=args.batch_size, device=args.device, use_ema=not args.no_ema,
+        num_workers=args.workers, progress=not args.quiet,
+    )
+
+    for r in records:
+        if r["error"] is not None:
+            print(f"{r['path']}\tERROR {r['error']}")
+        else:
+            shown = ", ".join(f"{n} {s:.3f}" for n, s in zip(r["labels"], r["scores"], strict=True))
+            print(f"{r['path']}\t{shown}")
+    if args.json:
+        names = state["label_names"] if args.all_scores else None
+        write_json(records, args.json, label_names=names, probabilities=args.all_scores)
+    if args.csv:
+        write_csv(records, args.csv)
+    failed = sum(r["error"] is not None for r in records)
+    print(f"{len(records) - failed} images predicted, {failed} unreadable", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
