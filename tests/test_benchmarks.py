@@ -1,0 +1,86 @@
+"""Smoke tests of the benchmark scripts: they run end to end and write every output file.
+
+No timing is asserted; the numbers depend on the machine.
+"""
+
+import csv
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+# ---------------------------------------------------------------------------------------
+# benchmarks/layers.py
+# ---------------------------------------------------------------------------------------
+
+LAYERS = {
+    "agcn_dense",
+    "agcn_edge",
+    "gcn",
+    "gat",
+    "dense_gcn",
+    "dense_gat",
+}  # fmt: skip  (agcn_dense_compile is off in --quick)
+
+
+@pytest.mark.slow
+def test_layers_quick(tmp_path):
+    out = tmp_path / "layers"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "layers.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    with open(out / "layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["layer"] for r in rows} == LAYERS
+    for r in rows:
+        # Tiny cases all fit: an error or a skip here is a bug, not a result.
+        assert r["status"] == "ok", r
+        assert float(r["fwd_ms"]) > 0 and float(r["fwd_bwd_ms"]) > 0
+        assert float(r["fwd_bwd_mem_mib"]) > 0
+    shapes = {(r["shape"], r["layer"]) for r in rows}
+    for layer in LAYERS:  # every layer on the complete graph, hidden and first-layer shapes
+        assert ("hidden", layer) in shapes and ("first", layer) in shapes
+    assert {layer for shape, layer in shapes if shape == "sparse"} == {"agcn_edge", "gcn", "gat"}
+    for r in rows:  # ratios against the reference layer of the same case
+        if r["layer"] in ("dense_gcn", "gcn") and r["ref"] == r["layer"]:
+            assert float(r["fwd_x"]) == pytest.approx(1.0)
+
+    md = (out / "layers.md").read_text()
+    assert "| N | layer |" in md and "DenseGATConv" in md
+    assert (out / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    env = json.loads((out / "env.json").read_text())
+    for key in ("cpu_model", "cpu_count", "gpu_name", "torch", "torch_geometric", "timm"):
+        assert key in env
+
+
+def test_layers_skips_by_estimate(tmp_path, monkeypatch):
+    """A case estimated above the memory budget is recorded as skipped, not run."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    layers = importlib.import_module("layers")
+    args = ["--quick", "--shapes", "hidden", "--sizes", "48", "--layers", "gcn,dense_gcn"]
+    threads = torch.get_num_threads()  # --quick sets one thread
+    try:
+        out = layers.main([*args, "--max-mem-gib", "0.0001", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    with open(out / "layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["layer"], r["n"]) for r in rows] == [("gcn", "48"), ("dense_gcn", "48")]
+    assert all(r["status"].startswith("skipped (est. ") for r in rows)
+    assert (out / "layers.md").exists() and (out / "layers.png").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# benchmarks/model.py (tests go here)
+# ---------------------------------------------------------------------------------------
