@@ -205,7 +205,7 @@ def plot_learned_graphs(
     fontsize = 8 if len(ticks) <= 20 else 6
     for l, mats in enumerate(layers, start=1):
         for k, name in enumerate(GRAPH_NAMES):
-            ax = axes[l, k]
+            ax = axes[l - 1, k]
             title = f"layer {l}: {_TITLES[name]}"
             m = mats[name]
             if m is None:

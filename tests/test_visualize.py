@@ -1,0 +1,145 @@
+"""Learned-graph heatmaps and the strongest-edges table (agcn_pyg.visualize)."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agcn_pyg import create_model
+from agcn_pyg.checkpoint import model_config, model_from_checkpoint, save_checkpoint
+from agcn_pyg.visualize import (
+    edges_to_csv,
+    edges_to_markdown,
+    plot_learned_graphs,
+    strongest_edges,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["person", "fork", "knife", "dining table", "cat"]
+DATA_CONFIG = {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406),
+               "std": (0.229, 0.224, 0.225), "interpolation": "bilinear"}
+
+
+def _trained_checkpoint(path, **head_kwargs):
+    """A resnet10t ML-AGCN with 5 labels after a few optimizer steps on random data."""
+    torch.manual_seed(0)
+    n = len(NAMES)
+    adj = torch.rand(n, n)
+    adj.fill_diagonal_(1.0)
+    model = create_model("resnet10t", n, adj, hidden_channels=[16], head_kwargs=head_kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(torch.randn(4, 3, 32, 32)), torch.randint(0, 2, (4, n)).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_checkpoint(dict(
+        config=model_config("resnet10t", n, hidden_channels=[16], head_kwargs=head_kwargs,
+                            data_config=DATA_CONFIG),
+        adj=adj, node_features=torch.eye(n), label_names=NAMES,
+        model=model.state_dict(), ema=None,
+    ), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return _trained_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+def _image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_plot_has_four_heatmaps_per_layer(ckpt, tmp_path):
+    png = tmp_path / "g.png"
+    fig = plot_learned_graphs(ckpt, path=png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = _image_axes(fig)
+    assert len(axes) == 2 * 4  # 2 layers x (A, B, C, A+B+C)
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == NAMES
+
+    # The A panel shows the checkpoint's adjacency, rows = targets.
+    model, state = model_from_checkpoint(ckpt)
+    torch.testing.assert_close(torch.as_tensor(axes[0].images[0].get_array()),
+                               state["adj"].float())
+    # A+B+C is the sum of the three panels of the same layer.
+    a, b, c, total = (torch.as_tensor(ax.images[0].get_array()) for ax in axes[4:8])
+    torch.testing.assert_close(total, a + b + c)
+
+
+def test_plot_subset_and_switched_off_graph(tmp_path):
+    ckpt = _trained_checkpoint(tmp_path / "noc.pth", similarity=False)
+    fig = plot_learned_graphs(ckpt, labels=["knife", "fork"], diagonal=False)
+    axes = _image_axes(fig)
+    assert len(axes) == 2 * 3  # C is switched off: an empty panel
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["knife", "fork"]
+    shown = torch.as_tensor(axes[0].images[0].get_array().filled(float("nan")))
+    adj = torch.load(ckpt, weights_only=False)["adj"]
+    assert shown.isnan().diagonal().all()
+    assert shown[0, 1] == adj[2, 1] and shown[1, 0] == adj[1, 2]
+    with pytest.raises(ValueError, match="spoon"):
+        plot_learned_graphs(ckpt, labels=["spoon"])
+
+
+def test_many_labels_keep_ticks_readable():
+    n = 500
+    model = create_model("resnet10t", n, torch.rand(n, n), num_layers=1)
+    fig = plot_learned_graphs(model, max_ticks=40)
+    for ax in _image_axes(fig):
+        assert 20 <= len(ax.get_xticks()) <= 40
+
+
+def test_strongest_edges_against_argsort(ckpt, tmp_path):
+    k = 3
+    edges = strongest_edges(ckpt, top_k=k)
+    model, state = model_from_checkpoint(ckpt)
+    layers = model.head.graphs()
+    assert len(edges) == len(layers) * len(NAMES) * k
+
+    for l, g in enumerate(layers, start=1):
+        total = (g.A + g.B + g.C).numpy()
+        for i, name in enumerate(NAMES):
+            others = [j for j in (-total[i]).argsort(kind="stable") if j != i][:k]
+            got = [e for e in edges if e.layer == l and e.target == name]
+            assert [e.rank for e in got] == [1, 2, 3]
+            assert [e.source for e in got] == [NAMES[j] for j in others]
+            assert [e.weight for e in got] == pytest.approx([total[i, j] for j in others])
+            assert [e.A for e in got] == pytest.approx([float(g.A[i, j]) for j in others])
+            assert [e.below_tau for e in got] == [bool(g.A[i, j] < 0.4) for j in others]
+            assert all(e.source != name for e in got)
+
+    only = strongest_edges(ckpt, top_k=2, labels=["fork"])
+    assert {e.target for e in only} == {"fork"} and len(only) == 2 * 2
+
+    md = edges_to_markdown(edges)
+    first = edges[0]
+    mark = "†" if first.below_tau else ""
+    assert f"| 1 | {first.target} | {first.source} {first.weight:.2f}{mark} " in md
+    assert ("†" in md) == any(e.below_tau for e in edges)
+
+    edges_to_csv(edges, tmp_path / "e.csv")
+    with open(tmp_path / "e.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(edges)
+    assert rows[0]["target"] == first.target and rows[0]["source"] == first.source
+    assert float(rows[0]["weight"]) == pytest.approx(first.weight, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_plot_graph_script(ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "plot_graph.py"), str(ckpt), "--out", str(out),
+         "--top-k", "2", "--labels", "fork", "dining table"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 1 | fork |" in result.stdout and "| 2 | dining table |" in result.stdout
+    assert (out / "graphs.png").stat().st_size > 0
+    assert (out / "strongest_edges.md").read_text().startswith("| layer | label |")
+    assert len((out / "strongest_edges.csv").read_text().splitlines()) == 1 + 2 * 2 * 2
