@@ -146,8 +146,8 @@ def _select(probs: Tensor, threshold: float, top_k: int | None, fallback_k: int)
     order = probs.argsort(descending=True, stable=True).tolist()
     if top_k is not None:
         return order[:top_k]
-    chosen = [i for i in order if probs[i] >= threshold]
-    return chosen or order[:fallback_k]
+    passing = int((probs >= threshold).sum())  # a prefix of the sorted order
+    return order[:passing] if passing else order[:fallback_k]
 
 
 @torch.no_grad()
