@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from agcn_pyg.conv import AdaptiveGCNConv, AdaptiveGraphs
 from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
+from agcn_pyg.export import export_model, load_exported
 from agcn_pyg.head import MultiLabelHead
 from agcn_pyg.label_graph import (
     LabelGraph,
@@ -16,8 +17,10 @@ from agcn_pyg.loss import asymmetric_loss
 from agcn_pyg.metrics import MultiLabelMetrics, format_table, multilabel_metrics
 from agcn_pyg.model import MLAGCN, count_parameters, create_model
 from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
+from agcn_pyg.predict import predict
 from agcn_pyg.synthetic import make_synthetic_coco
 from agcn_pyg.transforms import build_transforms
+from agcn_pyg.visualize import plot_learned_graphs, strongest_edges
 
 __all__ = [
     "AdaptiveGCNConv",
@@ -34,6 +37,11 @@ __all__ = [
     "collate_skip_corrupt",
     "conditional_probability",
     "cooccurrence_counts",
+    "export_model",
+    "load_exported",
+    "plot_learned_graphs",
+    "predict",
+    "strongest_edges",
     "count_parameters",
     "create_model",
     "identity_features",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,10 @@ class AdaptiveGraphs(NamedTuple):
     self-loops were added). A graph that is switched off is :obj:`None`.
     """
 
-    edge_index: Optional[Tensor]
+    edge_index: Tensor | None
     A: Tensor
-    B: Optional[Tensor]
-    C: Optional[Tensor]
+    B: Tensor | None
+    C: Tensor | None
 
 
 class AdaptiveGCNConv(MessagePassing):
@@ -208,8 +208,8 @@ class AdaptiveGCNConv(MessagePassing):
         x: Tensor,
         edge_index: Adj,
         edge_weight: OptTensor = None,
-        return_attention_weights: Optional[bool] = None,
-    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]], Tuple[Tensor, Tensor]]:
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]] | tuple[Tensor, Tensor]:
         r"""Runs the layer.
 
         Args:
@@ -300,8 +300,8 @@ class AdaptiveGCNConv(MessagePassing):
         is_loop: Tensor,
         index: Tensor,
         ptr: OptTensor,
-        dim_size: Optional[int],
-    ) -> Tuple[Tensor, OptTensor, OptTensor]:
+        dim_size: int | None,
+    ) -> tuple[Tensor, OptTensor, OptTensor]:
         b = c = None
         if self.attention:
             e = F.leaky_relu(s_i + s_j, self.negative_slope)  # eq. 4
@@ -366,7 +366,7 @@ class AdaptiveGCNConv(MessagePassing):
 
     # Shared pieces -----------------------------------------------------------------------
 
-    def _attention_scores(self, x: Tensor) -> Tuple[OptTensor, OptTensor]:
+    def _attention_scores(self, x: Tensor) -> tuple[OptTensor, OptTensor]:
         """The source and target halves of eq. 4's score, as x (W^T a): two [N] vectors."""
         if not self.attention:
             return None, None
@@ -409,7 +409,7 @@ class AdaptiveGCNConv(MessagePassing):
 
     def _edge_index_and_weight(
         self, x: Tensor, edge_index: Adj, edge_weight: OptTensor
-    ) -> Tuple[Tensor, Tensor, Optional[Adj]]:
+    ) -> tuple[Tensor, Tensor, Adj | None]:
         """Brings every sparse input form to (edge_index [2, E], edge_weight [E]), self-loops
         appended last; also returns the sparse input itself to restore its layout."""
         n = x.size(0)
@@ -490,7 +490,7 @@ def _check_edge_index(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int
             )
 
 
-def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Optional[Adj], n: int):
+def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, n: int):
     """Returns per-edge coefficients in the layout the graph came in."""
     if layout is None:
         return edge_index, alpha

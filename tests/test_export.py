@@ -6,39 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import NAMES, make_checkpoint
 
-from agcn_pyg import create_model
-from agcn_pyg.checkpoint import model_config, model_from_checkpoint, save_checkpoint
+from agcn_pyg.checkpoint import model_from_checkpoint
 from agcn_pyg.export import export_model, load_exported
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["person", "fork", "knife", "dining table", "cat"]
-DATA_CONFIG = {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406),
-               "std": (0.229, 0.224, 0.225), "interpolation": "bilinear"}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A resnet10t ML-AGCN with 5 labels after a few optimizer steps on random data."""
-    torch.manual_seed(0)
-    n = len(NAMES)
-    adj = torch.rand(n, n)
-    adj.fill_diagonal_(1.0)
-    model = create_model("resnet10t", n, adj, hidden_channels=[16])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            model(torch.randn(4, 3, 32, 32)), torch.randint(0, 2, (4, n)).float())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_checkpoint(dict(
-        config=model_config("resnet10t", n, hidden_channels=[16], data_config=DATA_CONFIG),
-        adj=adj, node_features=torch.eye(n), label_names=NAMES,
-        model=model.state_dict(), ema=None,
-    ), path)
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
 def test_exported_matches_eager_for_any_batch(ckpt, tmp_path):

@@ -77,7 +77,7 @@ def test_graphs_per_layer():
     assert len(graphs) == 2
     # Each layer's graphs are those of its own input: identity, then LeakyReLU(layer 1).
     inputs = [torch.eye(n), F.leaky_relu(head.convs[0](torch.eye(n), adj), 0.2)]
-    for g, conv, x in zip(graphs, head.convs, inputs):
+    for g, conv, x in zip(graphs, head.convs, inputs, strict=True):
         assert g.A.shape == g.B.shape == g.C.shape == (n, n)
         torch.testing.assert_close(g.A, adj)
         expected = conv.graphs(x, adj)
