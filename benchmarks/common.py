@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -191,6 +192,7 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "torch_geometric": torch_geometric.__version__,
         "timm": timm.__version__,
         "agcn_pyg": agcn_pyg.__version__,
+        "git_commit": _git_commit(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -198,6 +200,21 @@ def env_info(device: torch.device) -> dict[str, Any]:
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "agcn_pyg", "benchmarks"], cwd=root
+        ).returncode
+    except OSError:
+        return None
+    return (sha + ("+dirty" if dirty else "")) if sha else None
 
 
 def device_tag(device: torch.device) -> str:

@@ -83,11 +83,11 @@ LAYERS: dict[str, Layer] = {
 # The layer every time of a case is divided by: dense GCN on complete graphs, GCN on sparse ones.
 REFERENCE = {"complete": "dense_gcn", "sparse": "gcn"}
 
-# Rough upper bounds of live buffers during forward+backward, to skip cases that cannot fit:
-# [N, N] buffers per dense layer, [E, C] buffers per message-passing layer (C = out channels,
-# plus in channels for the cosine term of AdaptiveGCNConv's edge path).
+# Rough upper bounds of live buffers during forward+backward, to skip cases that cannot fit
+# (fitted to CPU measurements with some margin): [N, N] buffers of each dense layer; [E, out] and
+# [E, in] buffers of each message-passing layer (AdaptiveGCNConv's cosine term gathers [E, in]).
 NN_BUFFERS = {"agcn_dense": 8, "agcn_dense_compile": 8, "dense_gcn": 4, "dense_gat": 8}
-EDGE_BUFFERS = 3
+EDGE_BUFFERS = {"agcn_edge": (5, 3), "gcn": (3, 0), "gat": (5, 0)}
 
 SHAPE_TITLES = {
     "hidden": "complete graph, hidden layer {i}->{o}",
@@ -286,7 +286,8 @@ def estimate_bytes(name: str, case: Case, graph: Graph) -> int:
     base = 4 * (2 * n * i + 3 * n * o + 6 * i * o)  # x, grad x, h, out, grads; W and grads
     if LAYERS[name].dense:
         return base + 4 * (NN_BUFFERS[name] + 1) * n * n
-    per_edge = EDGE_BUFFERS * 4 * (o + (i if name == "agcn_edge" else 0))
+    per_out, per_in = EDGE_BUFFERS[name]
+    per_edge = 4 * (per_out * o + per_in * i)
     return base + graph.edge_bytes() * 2 + graph.num_edges * per_edge
 
 
