@@ -1,0 +1,158 @@
+"""Process-group setup from ``torchrun``'s environment and small rank helpers.
+
+``torchrun --nproc_per_node=G`` (and its multi-node form) exports ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and
+starts the default process group (NCCL on CUDA, gloo on CPU). Without them everything runs
+as a single process and every helper below degrades to the obvious single-rank answer, so a
+script can call them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistInfo",
+    "all_gather_object",
+    "all_reduce_max",
+    "all_reduce_sum",
+    "barrier",
+    "cleanup",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: global ``rank``, ``local_rank`` on its node,
+    ``world_size`` and the ``device`` it computes on."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Starts the process group when launched by ``torchrun`` and picks the device.
+
+    Args:
+        device (str, optional): ``"cuda"``, ``"cpu"`` or ``None`` (CUDA when available).
+            Under ``torchrun`` on CUDA, each process takes GPU ``LOCAL_RANK``.
+
+    Returns:
+        DistInfo: this process's rank, local rank, world size and device.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev_type = torch.device(device).type
+    if dev_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("'--device cuda' was requested but CUDA is not available")
+
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+
+    if dev_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} has no GPU: this node has "
+                f"{torch.cuda.device_count()}; is --nproc_per_node larger than the GPU count?"
+            )
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device(dev_type)
+
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev_type == "cuda" else "gloo"
+        kwargs = {"device_id": torch_device} if dev_type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return DistInfo(rank, local_rank, world_size, torch_device)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on the process that prints and writes files (global rank 0)."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sums a few Python floats over all ranks (float64, one collective)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` over all ranks (e.g. a "stop now" flag one rank received)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def all_gather_object(obj):
+    """Every rank's ``obj`` in rank order (a one-element list without a process group)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup() -> None:
+    """Destroys the process group, if any (call once at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
