@@ -124,9 +124,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--dtype",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "tf32", "bf16"],
         default="fp32",
-        help="bf16 runs the forward under torch.autocast (default: fp32)",
+        help="bf16 runs the forward under torch.autocast; tf32 lets float32 matmuls use "
+        "TF32 tensor cores (set_float32_matmul_precision('high')) (default: fp32, full "
+        "float32 matmuls)",
     )
     p.add_argument(
         "--sizes",
@@ -465,6 +467,7 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision("high" if args.dtype == "tf32" else "highest")
     args.budget = (
         int(args.max_mem_gib * GiB) if args.max_mem_gib is not None else memory_budget(device)
     )
