@@ -117,6 +117,12 @@ class AdaptiveGCNConv(MessagePassing):
         fill_value (float, optional): The :math:`a_{i,i}` of an added self-loop; :obj:`1`
             matches a co-occurrence graph, where :math:`P(i \mid i) = 1`. Existing
             self-loops keep their weight. (default: :obj:`1.0`)
+        cached (bool, optional): If set to :obj:`True`, the dense path computes
+            :math:`\mathbf{C}` once and reuses it while :obj:`x` is the same tensor, unchanged
+            and without gradient — for fixed inputs such as the node features of a first
+            layer (like :class:`~torch_geometric.nn.conv.GCNConv`'s :obj:`cached`). With
+            one-hot features this saves an :math:`N^3` product per call. Not for use under
+            :obj:`torch.compile`. (default: :obj:`False`)
         bias (bool, optional): If set to :obj:`False`, the layer will not learn an additive
             bias. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
@@ -152,6 +158,7 @@ class AdaptiveGCNConv(MessagePassing):
         dropout: float = 0.0,
         add_self_loops: bool = True,
         fill_value: float = 1.0,
+        cached: bool = False,
         bias: bool = True,
         **kwargs,
     ):
@@ -167,6 +174,8 @@ class AdaptiveGCNConv(MessagePassing):
         self.dropout = dropout
         self.add_self_loops = add_self_loops
         self.fill_value = fill_value
+        self.cached = cached
+        self._cached_similarity: tuple[tuple, Tensor] | None = None
 
         self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")
         if attention:
@@ -195,6 +204,7 @@ class AdaptiveGCNConv(MessagePassing):
 
     def reset_parameters(self):
         super().reset_parameters()
+        self._cached_similarity = None
         self.lin.reset_parameters()
         if self.attention:
             self.lin_src.reset_parameters()
@@ -336,22 +346,35 @@ class AdaptiveGCNConv(MessagePassing):
                 coef = coef + alpha
                 coef.diagonal().add_(alpha.amax(dim=-1))
 
-        x_hat = self._unit_features(x) if self.similarity else None
-        # C = x_hat x_hat^T costs N^2 F_in; applying it as x_hat (x_hat^T H) costs
-        # 2 N F_in F_out, the cheaper one for large label sets.
-        dense_c = x_hat is not None and (return_attention_weights or n <= 2 * self.out_channels)
-        if dense_c:
-            coef = torch.addmm(coef, x_hat, x_hat.t())  # eq. 7, fused with the sum
+        factored = None
+        if self.similarity:
+            if self.cached and not x.requires_grad:
+                coef = coef + self._similarity_matrix(x)
+            # C = x_hat x_hat^T costs N^2 F_in; applying it as x_hat (x_hat^T H) costs
+            # 2 N F_in F_out, the cheaper one for large label sets.
+            elif return_attention_weights or n <= 2 * self.out_channels:
+                x_hat = self._unit_features(x)
+                coef = torch.addmm(coef, x_hat, x_hat.t())  # eq. 7, fused with the sum
+            else:
+                factored = self._unit_features(x)
 
         out = coef @ h
-        if x_hat is not None and not dense_c:
-            out = out + x_hat @ (x_hat.t() @ h)
+        if factored is not None:
+            out = out + factored @ (factored.t() @ h)
         if self.bias is not None:
             out = out + self.bias
 
         if return_attention_weights:
             return out, coef
         return out
+
+    def _similarity_matrix(self, x: Tensor) -> Tensor:
+        """C of eq. 7 for a fixed input, computed on the first call (:obj:`cached`)."""
+        key = (x.data_ptr(), x._version, x.shape, x.dtype, x.device)
+        if self._cached_similarity is None or self._cached_similarity[0] != key:
+            x_hat = self._unit_features(x)
+            self._cached_similarity = (key, x_hat @ x_hat.t())
+        return self._cached_similarity[1]
 
     def _softmax_scores(self, s_src: Tensor, s_dst: Tensor) -> Tensor:
         e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(0), self.negative_slope)  # eq. 4

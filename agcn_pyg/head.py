@@ -92,9 +92,10 @@ class MultiLabelHead(nn.Module):
             self.register_buffer("node_features", node_features.clone())
 
         channels = [node_features.size(1), *hidden_channels, in_features]
+        # The first layer's input is fixed unless learned: its C (eq. 7) is computed once.
         self.convs = nn.ModuleList(
-            AdaptiveGCNConv(c_in, c_out, **conv_kwargs)
-            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+            AdaptiveGCNConv(c_in, c_out, cached=(i == 0 and not learn_node_features), **conv_kwargs)
+            for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True))
         )
         self._cache: tuple[tuple, Tensor] | None = None
 

@@ -280,6 +280,26 @@ def test_parameters_reproduce_paper_counts():
     assert str(conv) == "AdaptiveGCNConv(80, 2048)"
 
 
+def test_cached_similarity_matches_and_follows_its_input():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(6, 4, generator=g)
+    adj = torch.rand(6, 6, generator=g)
+    conv = AdaptiveGCNConv(4, 8, cached=True)  # N <= 2 * out: the uncached path forms C too
+    plain = AdaptiveGCNConv(4, 8)
+    plain.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x, adj), plain(x, adj))
+    assert conv._cached_similarity is not None
+    x.mul_(-1.0).add_(0.5)  # changed in place: the cache must not be reused
+    torch.testing.assert_close(conv(x, adj), plain(x, adj))
+    x2 = x.clone().requires_grad_()  # gradients flow through C: no cache
+    conv(x2, adj).sum().backward()
+    assert x2.grad is not None and x2.grad.abs().sum() > 0
+    wide = AdaptiveGCNConv(4, 2, cached=True)  # N > 2 * out: uncached takes the factored path
+    wide_plain = AdaptiveGCNConv(4, 2)
+    wide_plain.load_state_dict(wide.state_dict())
+    torch.testing.assert_close(wide(x, adj), wide_plain(x, adj))
+
+
 def test_share_weights_matches_reference():
     g = torch.Generator().manual_seed(10)
     x = torch.randn(6, 4, dtype=torch.float64, generator=g)
