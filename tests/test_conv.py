@@ -445,3 +445,6 @@ def test_compile_no_graph_breaks_and_matches_eager():
     torch._dynamo.reset()
     compiled = torch.compile(conv)
     torch.testing.assert_close(compiled(x, adj), conv(x, adj), rtol=1e-5, atol=1e-5)
+    # Compiled, the cosine term takes the gather fallback instead of eager's SDDMM.
+    torch.testing.assert_close(compiled(x, edge_index), conv(x, edge_index), rtol=1e-5,
+                               atol=1e-5)
