@@ -74,6 +74,10 @@ LAYERS: dict[str, Layer] = {
     "agcn_dense_compile": Layer(
         "AdaptiveGCNConv (dense, compiled)", True, AdaptiveGCNConv, compile=True
     ),
+    # cached=True, as MultiLabelHead's first layer: C of a fixed input is computed once.
+    "agcn_dense_cached": Layer(
+        "AdaptiveGCNConv (dense, cached C)", True, lambda i, o: AdaptiveGCNConv(i, o, cached=True)
+    ),
     "agcn_edge": Layer("AdaptiveGCNConv (edge_index)", False, AdaptiveGCNConv),
     "gcn": Layer("GCNConv", False, GCNConv),
     "gat": Layer("GATConv", False, lambda i, o: GATConv(i, o, heads=1), weighted=False),
@@ -86,7 +90,13 @@ REFERENCE = {"complete": "dense_gcn", "sparse": "gcn"}
 # Rough upper bounds of live buffers during forward+backward, to skip cases that cannot fit
 # (fitted to CPU measurements with some margin): [N, N] buffers of each dense layer; [E, out] and
 # [E, in] buffers of each message-passing layer (AdaptiveGCNConv's cosine term gathers [E, in]).
-NN_BUFFERS = {"agcn_dense": 8, "agcn_dense_compile": 8, "dense_gcn": 4, "dense_gat": 8}
+NN_BUFFERS = {
+    "agcn_dense": 8,
+    "agcn_dense_compile": 8,
+    "agcn_dense_cached": 8,
+    "dense_gcn": 4,
+    "dense_gat": 8,
+}
 EDGE_BUFFERS = {"agcn_edge": (5, 3), "gcn": (3, 0), "gat": (5, 0)}
 
 SHAPE_TITLES = {
@@ -445,7 +455,7 @@ def write_plot(rows, args, path: Path) -> None:
             if not ok:
                 continue
             n = [r["n"] for r in ok]
-            style = dict(color=f"C{k}", marker="osD^v*x"[k], label=LAYERS[name].label)
+            style = dict(color=f"C{k}", marker="osD^v*xP"[k], label=LAYERS[name].label)
             ax_t.plot(n, [r["fwd_bwd_ms"] for r in ok], **style)
             if all(r.get("fwd_bwd_mem_mib") for r in ok):
                 ax_m.plot(n, [r["fwd_bwd_mem_mib"] for r in ok], **style)

@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 LAYERS = {
     "agcn_dense",
+    "agcn_dense_cached",
     "agcn_edge",
     "gcn",
     "gat",
