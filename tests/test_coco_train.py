@@ -1,0 +1,236 @@
+"""End-to-end tests of examples/coco_train.py on tiny synthetic COCO data (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from agcn_pyg import CocoMultiLabel, build_transforms, make_synthetic_coco
+from agcn_pyg.checkpoint import load_checkpoint, model_from_checkpoint
+from agcn_pyg.metrics import multilabel_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "coco_train.py")
+NUM_TRAIN, NUM_VAL = 24, 9  # odd val count: DDP pads one rank
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("coco_train", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+coco_train = _load_script()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_coco(tmp_path_factory.mktemp("coco"), num_train=NUM_TRAIN,
+                               num_val=NUM_VAL, num_labels=5, image_size=32, seed=1)
+
+
+def data_flags(d):
+    return ["--train-ann", d.train_ann_file, "--train-images", d.train_image_dir,
+            "--val-ann", d.val_ann_file, "--val-images", d.val_image_dir]
+
+
+TINY = ["--model", "resnet10t", "--img-size", "32", "--batch-size", "8", "--workers", "0",
+        "--no-progress", "--lr", "3e-4", "--head-init-scale", "0.1", "--ema-decay", "0.9",
+        "--amp", "off", "--hidden", "32", "--log-interval", "1"]
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run2"))
+    assert coco_train.main([*data_flags(data), *TINY, "--epochs", "2", "--output", out]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def eval_one_process(two_epochs, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eval1"))
+    ckpt = os.path.join(two_epochs, "last.pth")
+    assert coco_train.main(["--evaluate", ckpt, "--output", out, "--workers", "0",
+                            "--no-progress"]) == 0
+    with open(os.path.join(out, "eval.json")) as f:
+        return json.load(f)
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    rc = coco_train.main(["--output", str(tmp_path), "--epochs", "1", "--demo-train", "16",
+                          "--demo-val", "7", "--demo-labels", "4", "--img-size", "32",
+                          "--batch-size", "8", "--workers", "0", "--no-progress",
+                          "--hidden", "32"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "DEMO" in out and "SYNTHETIC" in out
+    assert "| EMA" in out and "mAP" in out
+    for name in ("last.pth", "best.pth", "log.jsonl", "loss.png", "map.png",
+                 "label_graph.pt"):
+        assert os.path.isfile(tmp_path / name), name
+    (record,) = read_log(tmp_path / "log.jsonl")
+    assert record["epoch"] == 1 and record["model"]["num_images"] == 7
+    state = load_checkpoint(tmp_path / "last.pth")
+    for key in ("config", "label_names", "adj", "node_features", "model", "ema", "optimizer",
+                "scheduler", "scaler", "epoch", "best", "history", "rng", "args"):
+        assert key in state, key
+    assert state["epoch"] == 1 and state["step"] == 0
+    assert state["config"]["data_config"]["input_size"] == (3, 32, 32)
+    assert len(state["label_names"]) == 4
+    # The demo's training images have labels 1..4 drawn as shapes: the graph is P(j | i).
+    assert torch.allclose(state["adj"].diagonal(), torch.ones(4))
+
+
+def test_resume_reproduces_uninterrupted_run(data, two_epochs, tmp_path):
+    out = str(tmp_path)
+    # First epoch of the same 2-epoch schedule, then resume for the second one (with
+    # worker processes this time: augmentation must not depend on them).
+    rc = coco_train.main([*data_flags(data), *TINY, "--epochs", "1", "--sched-epochs", "2",
+                          "--output", out])
+    assert rc == 0
+    rc = coco_train.main(["--resume", os.path.join(out, "last.pth"), "--epochs", "2",
+                          "--workers", "2", "--no-progress"])
+    assert rc == 0
+    full, resumed = read_log(os.path.join(two_epochs, "log.jsonl")), read_log(
+        os.path.join(out, "log.jsonl"))
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for a, b in zip(full, resumed, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["mAP"] == pytest.approx(a["mAP"], abs=1e-3)
+    wa = load_checkpoint(os.path.join(two_epochs, "last.pth"))
+    wb = load_checkpoint(os.path.join(out, "last.pth"))
+    for k, v in wa["model"].items():
+        assert torch.allclose(v.float(), wb["model"][k].float(), atol=1e-5), k
+    for k, v in wa["ema"].items():
+        assert torch.allclose(v.float(), wb["ema"][k].float(), atol=1e-5), k
+
+
+def test_evaluate_checkpoint_matches_direct_computation(data, two_epochs, eval_one_process,
+                                                        capsys):
+    ckpt = os.path.join(two_epochs, "last.pth")
+    assert coco_train.main(["--evaluate", ckpt, "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Params (M)" in out and "ML-AGCN EMA" in out
+
+    # Independent: score every val image one by one with the EMA model.
+    model, state = model_from_checkpoint(ckpt)
+    cfg = state["config"]["data_config"]
+    ds = CocoMultiLabel(data.val_ann_file, data.val_image_dir, keep_empty=True,
+                        transform=build_transforms(cfg, img_size=32, train=False))
+    with torch.no_grad():
+        scores = torch.cat([torch.sigmoid(model(ds[i][0][None])) for i in range(len(ds))])
+    expected = multilabel_metrics(scores, ds.labels)
+    got = eval_one_process["metrics"]["ML-AGCN EMA"]
+    assert got["num_images"] == NUM_VAL
+    for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
+        assert got[k] == pytest.approx(expected[k], abs=1e-4), k
+    assert eval_one_process["params"]["ML-AGCN"] == sum(p.numel() for p in model.parameters())
+
+
+def _torchrun(args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", SCRIPT, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=ROOT)
+
+
+def test_ddp_two_processes(data, two_epochs, eval_one_process, tmp_path):
+    # Evaluation: metrics over both ranks' predictions equal the 1-process ones.
+    ckpt = os.path.join(two_epochs, "last.pth")
+    out = tmp_path / "eval2"
+    r = _torchrun(["--evaluate", ckpt, "--output", str(out), "--workers", "0",
+                   "--no-progress"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out / "eval.json") as f:
+        two = json.load(f)
+    for name, m in eval_one_process["metrics"].items():
+        assert two["metrics"][name]["num_images"] == NUM_VAL
+        for k, v in m.items():
+            assert two["metrics"][name][k] == pytest.approx(v, abs=1e-6), (name, k)
+
+    # Training: one DDP epoch runs, every val image is scored once, rank 0 writes.
+    train_out = tmp_path / "train2"
+    r = _torchrun([*data_flags(data), *TINY, "--epochs", "1", "--output", str(train_out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (record,) = read_log(train_out / "log.jsonl")
+    assert record["model"]["num_images"] == NUM_VAL
+    assert load_checkpoint(train_out / "last.pth")["epoch"] == 1
+    assert not [f for f in os.listdir(train_out) if f.startswith(".tmp-")]
+
+
+def test_sigterm_writes_loadable_checkpoint(data, tmp_path):
+    cmd = [sys.executable, SCRIPT, *data_flags(data), *TINY, "--epochs", "500",
+           "--output", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("Output:"):
+                break
+        time.sleep(3)  # well into training
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "SIGTERM" in stderr
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert 0 <= state["step"] < 3 and 0 <= state["epoch"] < 500
+    model, _ = model_from_checkpoint(state)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_missing_annotation_file(data, tmp_path, capsys):
+    flags = data_flags(data)
+    flags[flags.index("--val-ann") + 1] = str(tmp_path / "nope.json")
+    assert coco_train.main([*flags, *TINY, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json" in err and "does not exist" in err
+
+
+def test_missing_image_folder(data, tmp_path, capsys):
+    flags = data_flags(data)
+    flags[flags.index("--train-images") + 1] = str(tmp_path / "no_images")
+    assert coco_train.main([*flags, *TINY, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no_images" in err and "does not exist" in err
+
+
+def test_data_root_without_coco_layout(tmp_path, capsys):
+    assert coco_train.main(["--data", str(tmp_path), *TINY]) == 2
+    assert "neither COCO 2014 nor 2017" in capsys.readouterr().err
+
+
+def test_corrupt_val_image_is_skipped(data, two_epochs, tmp_path):
+    val_dir = tmp_path / "val"
+    shutil.copytree(data.val_image_dir, val_dir)
+    victim = sorted(os.listdir(val_dir))[4]
+    with open(val_dir / victim, "r+b") as f:  # truncate the JPEG mid-stream
+        f.truncate(200)
+    flags = data_flags(data)
+    flags[flags.index("--val-images") + 1] = str(val_dir)
+    out = tmp_path / "eval"
+    with pytest.warns(UserWarning, match="unreadable"):
+        rc = coco_train.main(["--evaluate", os.path.join(two_epochs, "last.pth"), *flags,
+                              "--output", str(out), "--workers", "0", "--no-progress"])
+    assert rc == 0
+    with open(out / "eval.json") as f:
+        result = json.load(f)
+    assert result["metrics"]["ML-AGCN EMA"]["num_images"] == NUM_VAL - 1
