@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from agcn_pyg import CocoMultiLabel, build_transforms, make_synthetic_coco
 from agcn_pyg.checkpoint import load_checkpoint, model_from_checkpoint
@@ -234,3 +233,17 @@ def test_corrupt_val_image_is_skipped(data, two_epochs, tmp_path):
     with open(out / "eval.json") as f:
         result = json.load(f)
     assert result["metrics"]["ML-AGCN EMA"]["num_images"] == NUM_VAL - 1
+
+
+def test_non_finite_loss_stops_without_checkpoint(data, tmp_path, capsys, monkeypatch):
+    real = coco_train.asymmetric_loss
+
+    def nan_loss(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        return lambda logits, targets: loss(logits, targets) * float("nan")
+
+    monkeypatch.setattr(coco_train, "asymmetric_loss", nan_loss)
+    assert coco_train.main([*data_flags(data), *TINY, "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite training loss" in err and "epoch 1, step 1/3" in err
+    assert not os.path.exists(tmp_path / "last.pth")
