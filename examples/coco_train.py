@@ -28,7 +28,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -82,7 +81,7 @@ RUNTIME_FLAGS = {*DATA_FLAGS, "year", "epochs", "workers", "pin_memory", "persis
                  "prefetch_factor", "log_interval", "no_progress", "output", "resume",
                  "evaluate", "device", "eval_batch_size"}
 # What the demo changes, unless given on the command line.
-DEMO_DEFAULTS = dict(model="resnet10t", img_size=64, epochs=10, batch_size=32, lr=3e-4,
+DEMO_DEFAULTS = dict(model="resnet10t", img_size=64, epochs=12, batch_size=32, lr=3e-4,
                      head_init_scale=0.1, ema_decay=0.98, amp="off", workers=2,
                      log_interval=5)
 
@@ -113,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-image-root", help="for --val-list (default: --image-root)")
     g.add_argument("--label-names", help="label names, .txt (one a line) or .json")
     g = p.add_argument_group("demo")
-    g.add_argument("--demo-train", type=int, default=640, help="synthetic training images")
+    g.add_argument("--demo-train", type=int, default=1000, help="synthetic training images")
     g.add_argument("--demo-val", type=int, default=161, help="synthetic validation images")
     g.add_argument("--demo-labels", type=int, default=10, help="synthetic labels")
 
@@ -725,5 +724,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with warnings.catch_warnings():
-        sys.exit(main())
+    sys.exit(main())
