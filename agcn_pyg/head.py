@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +23,9 @@ class MultiLabelHead(nn.Module):
         \hat{\mathbf{y}} = \mathbf{x} \, \left(\mathbf{F}^{(L)}\right)^{\top}
 
     (eq. 3), with :math:`h` = LeakyReLU(0.2) between layers and no activation after the last
-    one, as in ML-GCN, so the classifiers can take any sign.
+    one, as in ML-GCN, so the classifiers can take any sign. At initialisation the last layer
+    is scaled so that the classifiers start with the spread of a linear head's weights (see
+    :meth:`_match_linear_init`).
 
     In :meth:`eval` mode with gradients disabled the classifiers do not depend on the image:
     they are computed once and reused until the module trains again, moves, or any of its
@@ -98,6 +101,27 @@ class MultiLabelHead(nn.Module):
             for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True))
         )
         self._cache: tuple[tuple, Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for conv in self.convs:
+            conv.reset_parameters()
+        self._match_linear_init()
+
+    @torch.no_grad()
+    def _match_linear_init(self):
+        r"""Scales the last layer's :math:`\mathbf{W}_l` so that the initial classifiers have
+        the spread of a linear head's weights (:class:`torch.nn.Linear`: standard deviation
+        :math:`1/\sqrt{3D}`). The rows of :math:`\mathbf{A} + \mathbf{B} + \mathbf{C}` sum to
+        up to :math:`N + 2 + \sum_j a_{ij}`, so without this the first logits are tens of
+        times a linear head's: the sigmoid saturates and ASL's gradient vanishes. The
+        classifiers are linear in that matrix (the bias starts at zero) and the attention has
+        its own matrices, so only their scale changes."""
+        weight = self.convs[-1].lin.weight
+        rms = self.classifiers().pow(2).mean().sqrt()
+        if rms > 0:
+            weight.mul_(1.0 / (math.sqrt(3 * self.in_features) * rms))
+        self._cache = None
 
     def classifiers(self) -> Tensor:
         """The :obj:`[N, in_features]` label classifiers (the last layer's node features)."""

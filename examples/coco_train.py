@@ -82,7 +82,7 @@ RUNTIME_FLAGS = {*DATA_FLAGS, "year", "epochs", "workers", "pin_memory", "persis
                  "evaluate", "device", "eval_batch_size"}
 # What the demo changes, unless given on the command line.
 DEMO_DEFAULTS = dict(model="resnet10t", img_size=64, epochs=12, batch_size=32, lr=3e-4,
-                     head_init_scale=0.1, ema_decay=0.98, amp="off", workers=2,
+                     ema_decay=0.98, amp="off", workers=2,
                      log_interval=5)
 
 TABLE1_COLUMNS = ("Params (M)", *TABLE_COLUMNS)
@@ -125,10 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--node-features", help=".npy/.pt [N, d] node features (default one-hot)")
     g.add_argument("--no-attention", action="store_true", help="ablation: drop B (eq. 4-6)")
     g.add_argument("--no-similarity", action="store_true", help="ablation: drop C (eq. 7)")
-    g.add_argument("--head-init-scale", type=float, default=1.0,
-                   help="multiply the last graph layer's initial W_l by this; < 1 starts "
-                   "with small logits (the default init gives |logits| >> 10: ASL's "
-                   "gradient vanishes on saturated sigmoids)")
 
     g = p.add_argument_group("recipe (ASL)")
     g.add_argument("--epochs", type=int, default=40)
@@ -507,9 +503,6 @@ def run_training(args, explicit: set[str], info) -> int:
                              hidden_channels=hidden, node_features=node_features,
                              pretrained=None if resume is not None else args.pretrained,
                              head_kwargs=head_kwargs)
-    if args.head_init_scale != 1.0 and resume is None:
-        with torch.no_grad():
-            model.head.convs[-1].lin.weight.mul_(args.head_init_scale)
     data_cfg = eval_data_config(model, args.img_size)
     config = model_config(args.model, len(names), args.num_layers, hidden,
                           head_kwargs=head_kwargs, data_config=data_cfg)

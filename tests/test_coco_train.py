@@ -45,7 +45,7 @@ def data_flags(d):
 
 
 TINY = ["--model", "resnet10t", "--img-size", "32", "--batch-size", "8", "--workers", "0",
-        "--no-progress", "--lr", "3e-4", "--head-init-scale", "0.1", "--ema-decay", "0.9",
+        "--no-progress", "--lr", "3e-4", "--ema-decay", "0.9",
         "--amp", "off", "--hidden", "32", "--log-interval", "1"]
 
 

@@ -28,6 +28,26 @@ def test_head_computes_stacked_layers_then_dot_product():
     assert head(x).shape == (3, n)
 
 
+@pytest.mark.parametrize("n,hidden", [(80, (1024,)), (20, ()), (20, (64, 64))])
+def test_initial_classifiers_have_linear_head_scale(n, hidden):
+    d = 2048
+    g = torch.Generator().manual_seed(0)
+    adj = torch.rand(n, n, generator=g)
+    adj.fill_diagonal_(1.0)
+    head = MultiLabelHead(d, n, adj, hidden_channels=hidden)
+    linear = torch.nn.Linear(d, n)  # weights with standard deviation 1 / sqrt(3 d)
+    with torch.no_grad():
+        rms = head.classifiers().pow(2).mean().sqrt()
+        torch.testing.assert_close(rms, linear.weight.pow(2).mean().sqrt(), rtol=0.05, atol=0)
+        # so the first logits of pooled ReLU features are as small as a linear head's
+        features = torch.rand(16, d)
+        assert head(features).abs().max() < 5 * linear(features).abs().max()
+    head.reset_parameters()  # the rescale is part of the reset
+    with torch.no_grad():
+        torch.testing.assert_close(head.classifiers().pow(2).mean().sqrt(),
+                                   torch.tensor(1 / (3 * d) ** 0.5), rtol=1e-4, atol=0)
+
+
 def test_layer_options_pass_through():
     head = MultiLabelHead(8, 4, label_graph(4), hidden_channels=(), similarity=False,
                           attention=False)
