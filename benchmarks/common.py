@@ -11,6 +11,7 @@ The whole API, for ``benchmarks/layers.py`` and ``benchmarks/model.py``:
 * :func:`memory_budget` — bytes a case may plan to use (for skipping by estimate).
 * :func:`env_info`, :func:`device_tag`, :func:`default_out_dir` — what ran where.
 * :func:`write_csv`, :func:`markdown_table` — result tables from a list of dicts.
+* :func:`int_list`, :func:`str_list` — argparse types for comma-separated flags.
 
 Import it from a script in ``benchmarks/`` as ``from common import ...`` (the script's folder is
 on ``sys.path``) or from the repository root as ``from benchmarks.common import ...``.
@@ -258,3 +259,13 @@ def _fmt(value: Any, digits: int | None = None) -> str:
             return f"{value:.6g}"
         return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
     return str(value)
+
+
+def int_list(text: str) -> list[int]:
+    """``"80,500"`` -> ``[80, 500]``: an argparse type for comma-separated sizes."""
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def str_list(text: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``: an argparse type for comma-separated names."""
+    return [v.strip() for v in text.split(",") if v.strip()]

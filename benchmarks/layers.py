@@ -47,10 +47,12 @@ from common import (  # noqa: E402
     default_out_dir,
     env_info,
     free_memory,
+    int_list,
     is_oom,
     markdown_table,
     memory_budget,
     peak_memory,
+    str_list,
     time_fn,
     write_csv,
 )
@@ -142,25 +144,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--sizes",
-        type=_ints,
+        type=int_list,
         default=[80, 500, 2000, 10000],
         help="N of the complete graphs (default: 80,500,2000,10000)",
     )
     p.add_argument(
         "--sparse-sizes",
-        type=_ints,
+        type=int_list,
         default=[10_000, 100_000],
         help="N of the random sparse graphs (default: 10000,100000)",
     )
     p.add_argument(
         "--shapes",
-        type=_strs,
+        type=str_list,
         default=["hidden", "first", "sparse"],
         help="any of hidden,first,sparse (default: all)",
     )
     p.add_argument(
         "--hidden",
-        type=_ints,
+        type=int_list,
         default=[1024, 2048],
         metavar="IN,OUT",
         help="channels of the hidden-layer shape (default: 1024,2048)",
@@ -171,11 +173,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1024,
         help="output channels of the first-layer shape N->OUT (default: 1024)",
     )
-    p.add_argument("--sparse-channels", type=_ints, default=[64, 64], metavar="IN,OUT")
+    p.add_argument("--sparse-channels", type=int_list, default=[64, 64], metavar="IN,OUT")
     p.add_argument("--degree", type=int, default=16, help="average degree of sparse graphs")
     p.add_argument(
         "--layers",
-        type=_strs,
+        type=str_list,
         default=list(LAYERS),
         help=f"any of {','.join(LAYERS)} (default: all)",
     )
@@ -234,14 +236,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if len(getattr(args, flag)) != 2:
             p.error(f"--{flag.replace('_', '-')} takes IN,OUT (got {getattr(args, flag)})")
     return args
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _strs(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def cases(args) -> list[Case]:

@@ -54,8 +54,10 @@ from common import (  # noqa: E402
     default_out_dir,
     env_info,
     free_memory,
+    int_list,
     markdown_table,
     peak_memory,
+    str_list,
     time_fn,
     write_csv,
 )
@@ -65,6 +67,7 @@ from agcn_pyg import (  # noqa: E402
     asymmetric_loss,
     conditional_probability,
     cooccurrence_counts,
+    count_parameters,
     create_model,
 )
 
@@ -130,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-labels", type=int, default=80)
     p.add_argument(
         "--layers",
-        type=_strs,
+        type=str_list,
         default=["linear", "1", "2"],
         help="heads to run: 'linear' and ML-AGCN layer counts (default: linear,1,2)",
     )
@@ -161,7 +164,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--head-dims",
-        type=_ints,
+        type=int_list,
         default=[2048],
         help="feature sizes D of the head rows; the backbone's is added (default: 2048)",
     )
@@ -202,14 +205,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--layers: expected 'linear' or a layer count >= 1 (got {name!r})")
     args.heads = heads
     return args
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _strs(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 # Inputs and models ---------------------------------------------------------------------------
@@ -263,10 +258,6 @@ def count_classifier_calls(head: nn.Module) -> list[int]:
 def head_of(model: nn.Module) -> nn.Module:
     head = getattr(model, "head", None)
     return head if isinstance(head, MultiLabelHead) else model.get_classifier()
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def tensor_bytes(tensors) -> int:
@@ -373,8 +364,8 @@ def run_model(args, device: torch.device, adj: Tensor) -> tuple[list[dict], int]
 def _model_row(c: Case, args, device, mode: str) -> dict[str, Any]:
     return {
         "mode": mode, "head": c.head.name, "layers": c.head.layers,
-        "compiled": c.head.compiled, "status": "ok", "params": n_params(c.model),
-        "head_params": n_params(head_of(c.model)), "model": args.model,
+        "compiled": c.head.compiled, "status": "ok", "params": count_parameters(c.model),
+        "head_params": count_parameters(head_of(c.model)), "model": args.model,
         "img_size": args.img_size, "batch_size": args.batch_size,
         "num_labels": args.num_labels, "dtype": args.dtype,
         "channels_last": args.channels_last, "device": str(device),
@@ -433,7 +424,7 @@ def measure_head(h: Head, x: Tensor, grad: Tensor, adj: Tensor, args, device) ->
     row: dict[str, Any] = {
         "head": h.name, "layers": h.layers, "compiled": h.compiled, "in_features": d,
         "num_labels": args.num_labels, "batch_size": x.size(0), "dtype": args.dtype,
-        "head_params": n_params(head), "device": str(device), "repeats": args.head_repeats,
+        "head_params": count_parameters(head), "device": str(device), "repeats": args.head_repeats,
     }  # fmt: skip
 
     def ms(fn: Callable[[], Any]) -> float:
