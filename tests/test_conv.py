@@ -355,9 +355,13 @@ def test_cuda_matches_cpu_and_autocast(dtype):
     x, adj = torch.randn(50, 16), torch.rand(50, 50)
     conv = AdaptiveGCNConv(16, 8)
     expected = conv(x, adj)
+    edge_index = adj.nonzero().t().flip(0)  # the complete graph, adj[i, j] = w(j -> i)
+    expected_edges = conv(x, edge_index, adj[edge_index[1], edge_index[0]])
     conv_cuda = conv.cuda()
     torch.testing.assert_close(conv_cuda(x.cuda(), adj.cuda()).cpu(), expected,
                                rtol=1e-4, atol=1e-4)
+    out = conv_cuda(x.cuda(), edge_index.cuda(), adj[edge_index[1], edge_index[0]].cuda())
+    torch.testing.assert_close(out.cpu(), expected_edges, rtol=1e-4, atol=1e-4)
     with torch.autocast("cuda", dtype=dtype):
         assert torch.isfinite(conv_cuda(x.cuda(), adj.cuda())).all()
         assert torch.isfinite(conv_cuda(x.cuda(), adj.nonzero().t().cuda())).all()
