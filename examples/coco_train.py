@@ -152,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("runtime")
     g.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="default: cuda when available")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="DataLoader workers per process")
+    # The machine's cores shared by the processes torchrun starts on it.
+    workers = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    g.add_argument("--workers", type=int, default=max(1, min(8, workers)),
+                   help="DataLoader workers per process (default: cores / local processes, "
+                   "at most 8)")
     g.add_argument("--pin-memory", action=BoolOpt, default=None, help="default: on CUDA")
     g.add_argument("--persistent-workers", action=BoolOpt, default=True)
     g.add_argument("--prefetch-factor", type=int, default=2, help="batches per worker")
