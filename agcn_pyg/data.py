@@ -216,6 +216,12 @@ def _read_label_names(path: str) -> list[str]:
         if isinstance(data, list):
             return [str(n) for n in data]
         if isinstance(data, dict):
+            if any(isinstance(v, list) for v in data.values()):
+                raise ValueError(
+                    f"'label_names_file': '{path}' maps images to label lists (SSGRL's "
+                    "vg_category_500_labels_index.json): pass it as 'image_labels_file' "
+                    "(--image-labels) instead"
+                )
             indices = sorted(data.values())
             if indices != list(range(len(data))):
                 raise ValueError(
@@ -250,15 +256,31 @@ class ListFileMultiLabel(_MultiLabelImageDataset):
     ``{name: index}`` dict, such as SSGRL's
     ``vg_category_500_labels_index.json``.
 
+    VG-500 as SSGRL and C-Tran ship it has bare image names in its lists
+    (``train_list_500.txt``, ``test_list_500.txt``) and the labels of every image
+    in a JSON ``{image name: [label indices]}`` (``vg_category_500_labels_index.json``):
+    pass that file as :obj:`image_labels_file`, the ``VG_100K`` folder as
+    :obj:`image_root`, and :obj:`num_labels=500` (names then default to
+    ``"0"`` .. ``"499"`` unless a names file is given)::
+
+        ListFileMultiLabel("train_list_500.txt", "VG_100K",
+                           image_labels_file="vg_category_500_labels_index.json",
+                           num_labels=500)
+
     Missing image files are dropped with one warning; labels no image carries
     are kept as all-zero columns with a warning.
 
     Args:
         list_file (str): The list file described above.
         image_root (str): Folder the image paths are relative to.
-        label_names_file (str): Label names, ``.txt`` or ``.json``.
+        label_names_file (str, optional): Label names, ``.txt`` or ``.json``;
+            required unless :obj:`image_labels_file` is given.
         transform (callable, optional): Applied to the RGB PIL image.
             (default: :obj:`None`)
+        image_labels_file (str, optional): JSON ``{image name: [label indices]}``
+            adding labels to the lines' own. (default: :obj:`None`)
+        num_labels (int, optional): Number of labels when there is no names file
+            (default: the largest index + 1).
 
     Attributes:
         label_names (list[str]): Names in label order.
@@ -270,16 +292,16 @@ class ListFileMultiLabel(_MultiLabelImageDataset):
         self,
         list_file: str | os.PathLike,
         image_root: str | os.PathLike,
-        label_names_file: str | os.PathLike,
+        label_names_file: str | os.PathLike | None = None,
         transform: Callable | None = None,
+        image_labels_file: str | os.PathLike | None = None,
+        num_labels: int | None = None,
     ):
         super().__init__(transform)
         list_file = _require_path(list_file, "list_file", is_dir=False)
         image_root = _require_path(image_root, "image_root", is_dir=True)
-        names_file = _require_path(label_names_file, "label_names_file", is_dir=False)
-        names = _read_label_names(names_file)
-        if len(set(names)) != len(names):
-            raise ValueError(f"'label_names_file': '{names_file}' repeats label names")
+        if label_names_file is None and image_labels_file is None:
+            raise ValueError("pass 'label_names_file', 'image_labels_file' or both")
 
         entries: list[tuple[int, str, list[str]]] = []
         with open(list_file, encoding="utf-8") as f:
@@ -287,6 +309,31 @@ class ListFileMultiLabel(_MultiLabelImageDataset):
                 tokens = line.split()
                 if tokens and not tokens[0].startswith("#"):
                     entries.append((lineno, tokens[0], tokens[1:]))
+
+        if image_labels_file is not None:
+            labels_path = _require_path(image_labels_file, "image_labels_file", is_dir=False)
+            with open(labels_path, encoding="utf-8") as f:
+                per_image = json.load(f)
+            if not isinstance(per_image, dict):
+                raise ValueError(
+                    f"'image_labels_file': '{labels_path}' must hold a JSON "
+                    f"{{image name: [label indices]}} dict"
+                )
+            # Each image's JSON labels join its line's own (as integer tokens).
+            entries = [
+                (lineno, path, tokens + [str(k) for k in per_image.get(path, [])])
+                for lineno, path, tokens in entries
+            ]
+        if label_names_file is not None:
+            names_file = _require_path(label_names_file, "label_names_file", is_dir=False)
+            names = _read_label_names(names_file)
+        else:
+            names_file = image_labels_file
+            if num_labels is None:
+                num_labels = 1 + max((int(t) for _, _, ts in entries for t in ts), default=-1)
+            names = [str(k) for k in range(num_labels)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"'label_names_file': '{names_file}' repeats label names")
 
         as_int = all(_is_int(t) for _, _, toks in entries for t in toks)
         index = {n: k for k, n in enumerate(names)}

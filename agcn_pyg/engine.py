@@ -305,7 +305,7 @@ def train_one_epoch(
     global_step: int = 0,
     log_interval: int = 20,
     stop: StopSignal | None = None,
-    stop_all_ranks: Callable[[bool], bool] | None = None,
+    reduce_max: Callable[[float], float] | None = None,
     reduce_sums: Callable[[list[float]], list[float]] | None = None,
     input_size: tuple[int, int, int] | None = None,
     show_progress: bool = False,
@@ -319,7 +319,9 @@ def train_one_epoch(
     then it checks that every loss since the last check was finite, refreshes the progress
     bar and polls ``stop``. A non-finite loss raises :class:`NonFiniteLossError` naming the
     first bad step; the caller must then save nothing. When ``stop`` was requested (on any
-    rank: ``stop_all_ranks`` reduces the flag), the loop returns with ``interrupted=True``
+    rank: ``reduce_max``, the maximum over ranks, spreads the flag; it also spreads a
+    non-finite loss, so that every rank raises together), the loop returns with
+    ``interrupted=True``
     after a checked step, so the state can be saved as "``steps`` steps of this epoch done".
 
     A batch whose images were all unreadable (``None`` from
@@ -330,7 +332,7 @@ def train_one_epoch(
     """
     from tqdm import tqdm
 
-    distributed = stop_all_ranks is not None
+    distributed = reduce_max is not None
     model.train()
     unwrapped = getattr(model, "module", model)
     prog = dict(progress or {})
@@ -349,7 +351,8 @@ def train_one_epoch(
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {epoch}",
                disable=not show_progress, dynamic_ncols=True, leave=False)
 
-    def check(step_done: int) -> None:
+    def check(step_done: int) -> str | None:
+        """Checks the losses since the last check; returns the error to raise, if any."""
         nonlocal pending, pending_start, tick, tick_images
         if pending:
             values = torch.stack(pending).float().cpu()
@@ -357,7 +360,7 @@ def train_one_epoch(
             if len(bad):
                 first = pending_start + int(bad[0])
                 gstep = global_start + first - start_step + 1
-                raise NonFiniteLossError(
+                return (
                     f"non-finite training loss ({values[int(bad[0])].item()}) at epoch {epoch}, "
                     f"step {first + 1}/{total_steps} (global step {gstep}); "
                     f"no checkpoint was written for it. Try a lower --lr, or --amp off "
@@ -369,6 +372,7 @@ def train_one_epoch(
                             lr=f"{optimizer.param_groups[0]['lr']:.3g}")
             tick, tick_images = now, 0
         pending, pending_start = [], step_done
+        return None
 
     it = iter(loader)
     while True:
@@ -389,6 +393,7 @@ def train_one_epoch(
             skipped += 1
             if not distributed:
                 scheduler.step()
+                global_step += 1
                 step += 1
                 bar.update(1)
                 continue
@@ -433,15 +438,24 @@ def train_one_epoch(
             pending.append(loss.detach() / n)
 
         if (step - start_step) % log_interval == 0 or step == total_steps:
-            check(step)
+            error = check(step)
             requested = stop is not None and stop.requested
             if distributed:
-                requested = stop_all_ranks(requested)
+                # One collective for both flags: 2 = a rank saw a non-finite loss, 1 = stop.
+                flag = reduce_max(2.0 if error else float(requested))
+                if flag >= 2 and error is None:
+                    error = (f"non-finite training loss on another rank in epoch {epoch} "
+                             f"before step {step}/{total_steps}; no checkpoint was written.")
+                requested = flag >= 1
+            if error:
+                raise NonFiniteLossError(error)
             if requested and step < total_steps:
                 interrupted = True
                 break
-    check(step)
+    error = check(step)
     bar.close()
+    if error:
+        raise NonFiniteLossError(error)
 
     loss_total, img_total = loss_sum.item(), float(images_seen)
     if reduce_sums is not None:

@@ -74,7 +74,8 @@ from agcn_pyg.engine import (
 from agcn_pyg.metrics import TABLE_COLUMNS
 
 DATA_FLAGS = ("data", "train_ann", "train_images", "val_ann", "val_images",
-              "train_list", "val_list", "image_root", "val_image_root", "label_names")
+              "train_list", "val_list", "image_root", "val_image_root", "label_names",
+              "image_labels", "num_labels")
 # Flags a resumed run may change; every other one is taken from the checkpoint, since it
 # shapes the training trajectory.
 RUNTIME_FLAGS = {*DATA_FLAGS, "year", "epochs", "workers", "pin_memory", "persistent_workers",
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-root", help="folder the list paths are relative to")
     g.add_argument("--val-image-root", help="for --val-list (default: --image-root)")
     g.add_argument("--label-names", help="label names, .txt (one a line) or .json")
+    g.add_argument("--image-labels", help="JSON {image: [label indices]} for lists of bare "
+                   "image names (SSGRL's vg_category_500_labels_index.json)")
+    g.add_argument("--num-labels", type=int,
+                   help="number of labels without --label-names (VG-500: 500)")
     g = p.add_argument_group("demo")
     g.add_argument("--demo-train", type=int, default=1000, help="synthetic training images")
     g.add_argument("--demo-val", type=int, default=161, help="synthetic validation images")
@@ -238,12 +243,15 @@ def build_datasets(args):
         missing = [f for f, v in (("--train-list", args.train_list),
                                   ("--val-list", args.val_list),
                                   ("--image-root", args.image_root),
-                                  ("--label-names", args.label_names)) if not v]
+                                  ("--label-names or --image-labels",
+                                   args.label_names or args.image_labels)) if not v]
         if missing:
             raise UsageError(f"list-file data needs {' '.join(missing)} too")
-        train = ListFileMultiLabel(args.train_list, args.image_root, args.label_names)
+        labels = dict(label_names_file=args.label_names, image_labels_file=args.image_labels,
+                      num_labels=args.num_labels)
+        train = ListFileMultiLabel(args.train_list, args.image_root, **labels)
         val = ListFileMultiLabel(args.val_list, args.val_image_root or args.image_root,
-                                 args.label_names)
+                                 **labels)
     else:
         train_ann, train_img, val_ann, val_img = coco_paths(args)
         train = CocoMultiLabel(train_ann, train_img, keep_empty=args.keep_empty)
@@ -548,9 +556,16 @@ def run_training(args, explicit: set[str], info) -> int:
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise UsageError("the training set yields no batch")
+    total_steps = steps_per_epoch * args.sched_epochs
+    pct_start = args.pct_start
+    if math.isclose(pct_start * total_steps, 1.0):
+        # OneCycleLR divides by zero when its warm-up ends exactly at step 0.
+        pct_start = min(1.5 / total_steps, 0.99)
+    if pct_start != args.pct_start and info.is_main:
+        _print(f"note: --pct-start raised to {pct_start:.3g}: {total_steps} steps in all")
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, steps_per_epoch=steps_per_epoch, epochs=args.sched_epochs,
-        pct_start=args.pct_start)
+        pct_start=pct_start)
 
     start_epoch, start_step, global_step = 0, 0, 0
     history: list[dict] = []
@@ -601,8 +616,7 @@ def run_training(args, explicit: set[str], info) -> int:
                 scaler=scaler, ema=ema, amp_dtype=amp_dtype, channels_last=channels_last,
                 start_step=skip, progress=progress if skip else None,
                 global_step=global_step, log_interval=args.log_interval, stop=stop,
-                stop_all_ranks=(lambda f: all_reduce_max(float(f)) > 0)
-                if info.distributed else None,
+                reduce_max=all_reduce_max if info.distributed else None,
                 reduce_sums=all_reduce_sum if info.distributed else None,
                 input_size=(3, args.img_size, args.img_size),
                 show_progress=info.is_main and not args.no_progress)

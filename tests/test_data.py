@@ -337,3 +337,29 @@ def test_transforms_bad_config():
         build_transforms({"std": (1, 1, 1)})
     with pytest.raises(TypeError, match="model_or_data_config"):
         build_transforms("tresnet_m")
+
+
+def test_list_file_ssgrl_vg500_layout(tmp_path):
+    """SSGRL / C-Tran's VG-500 files: bare image names, labels in {image: [indices]}."""
+    vg = tmp_path / "VG_100K"
+    for name in ("2360596.jpg", "2368334.jpg", "10.jpg"):
+        _save(str(vg / name))
+    (tmp_path / "train_list_500.txt").write_text("2360596.jpg\n2368334.jpg\n10.jpg\n")
+    index = {"2360596.jpg": [3, 499], "2368334.jpg": [0], "10.jpg": [], "other.jpg": [7]}
+    (tmp_path / "vg_category_500_labels_index.json").write_text(json.dumps(index))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # most of the 500 labels have no image here
+        ds = ListFileMultiLabel(
+            str(tmp_path / "train_list_500.txt"), str(vg),
+            image_labels_file=str(tmp_path / "vg_category_500_labels_index.json"),
+            num_labels=500,
+        )
+    assert ds.num_labels == 500 and ds.label_names[:3] == ["0", "1", "2"]
+    expected = torch.zeros(3, 500, dtype=torch.bool)
+    expected[0, [3, 499]] = True
+    expected[1, 0] = True
+    assert torch.equal(ds.labels, expected)
+    # Given as a names file by mistake, it is named, not read as names.
+    with pytest.raises(ValueError, match="image_labels_file"):
+        ListFileMultiLabel(str(tmp_path / "train_list_500.txt"), str(vg),
+                           str(tmp_path / "vg_category_500_labels_index.json"))
