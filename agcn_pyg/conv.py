@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -113,7 +114,9 @@ class AdaptiveGCNConv(MessagePassing):
         add_self_loops (bool, optional): If set to :obj:`False`, will not add self-loops to
             a sparse input graph. Added self-loops get the fixed weight :obj:`fill_value`;
             the self term of eq. 6 needs them, so without them nodes whose self-loop is
-            missing get no :math:`\max_k \alpha_{i,k}` term. Ignored for dense input, which
+            missing get no :math:`\max_k \alpha_{i,k}` term. As with PyG's
+            :func:`~torch_geometric.utils.add_remaining_self_loops`, a node with several
+            self-loops keeps one of them: coalesce such graphs first. Ignored for dense input, which
             already contains every self-loop. (default: :obj:`True`)
         fill_value (float, optional): The :math:`a_{i,i}` of an added self-loop; :obj:`1`
             matches a co-occurrence graph, where :math:`P(i \mid i) = 1`. Existing
@@ -176,7 +179,7 @@ class AdaptiveGCNConv(MessagePassing):
         self.add_self_loops = add_self_loops
         self.fill_value = fill_value
         self.cached = cached
-        self._cached_similarity: tuple[tuple, Tensor] | None = None
+        self._cached_similarity: tuple[weakref.ref, int, Tensor] | None = None
 
         self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")
         if attention:
@@ -312,7 +315,9 @@ class AdaptiveGCNConv(MessagePassing):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             crow = F.pad(torch.bincount(dst, minlength=n).cumsum(0), (1, 0))
-            pattern = torch.sparse_csr_tensor(crow, src[perm], x_hat.new_ones(perm.numel()), (n, n))
+            pattern = torch.sparse_csr_tensor(
+                crow, src[perm], x_hat.new_ones(perm.numel()), (n, n), check_invariants=False
+            )
         values = torch.sparse.sampled_addmm(pattern, x_hat, x_hat.t(), beta=0.0).values()
         return torch.empty_like(values).index_copy(0, perm, values)
 
@@ -383,11 +388,13 @@ class AdaptiveGCNConv(MessagePassing):
 
     def _similarity_matrix(self, x: Tensor) -> Tensor:
         """C of eq. 7 for a fixed input, computed on the first call (:obj:`cached`)."""
-        key = (x.data_ptr(), x._version, x.shape, x.dtype, x.device)
-        if self._cached_similarity is None or self._cached_similarity[0] != key:
+        # The same tensor object (a weak reference: a new tensor at a freed address is not
+        # mistaken for it), unchanged since (its version counter).
+        cache = self._cached_similarity
+        if cache is None or cache[0]() is not x or cache[1] != x._version:
             x_hat = self._unit_features(x)
-            self._cached_similarity = (key, x_hat @ x_hat.t())
-        return self._cached_similarity[1]
+            cache = self._cached_similarity = (weakref.ref(x), x._version, x_hat @ x_hat.t())
+        return cache[2]
 
     def _softmax_scores(self, s_src: Tensor, s_dst: Tensor) -> Tensor:
         e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(0), self.negative_slope)  # eq. 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -100,7 +101,7 @@ class MultiLabelHead(nn.Module):
             AdaptiveGCNConv(c_in, c_out, cached=(i == 0 and not learn_node_features), **conv_kwargs)
             for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True))
         )
-        self._cache: tuple[tuple, Tensor] | None = None
+        self._cache: tuple[list, Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -147,10 +148,20 @@ class MultiLabelHead(nn.Module):
         ):
             self._cache = None
             return self.classifiers()
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in self._state_tensors())
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.classifiers())
-        return self._cache[1]
+        # Valid while every parameter and buffer is the same tensor object (weak references:
+        # a replaced tensor is not mistaken for its successor at the same address) with the
+        # same version counter (in-place updates such as optimizer steps bump it).
+        state = list(self._state_tensors())
+        if self._cache is not None:
+            key, classifiers = self._cache
+            if len(key) == len(state) and all(
+                ref() is t and version == t._version
+                for (ref, version), t in zip(key, state, strict=True)
+            ):
+                return classifiers
+        classifiers = self.classifiers()
+        self._cache = ([(weakref.ref(t), t._version) for t in state], classifiers)
+        return classifiers
 
     def _state_tensors(self):
         yield from self.parameters()

@@ -56,7 +56,9 @@ def _check_inputs(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
             "`scores` and `targets` must both have shape [num_images, num_labels], got "
             f"{tuple(scores.shape)} and {tuple(targets.shape)}"
         )
-    scores = scores.detach().float().cpu()
+    # float32 at least, never lower: a float64 0.49999999999 must not round up to 0.5.
+    scores = scores.detach().cpu()
+    scores = scores.double() if scores.dtype == torch.float64 else scores.float()
     if scores.numel() and (torch.isnan(scores).any() or scores.min() < 0 or scores.max() > 1):
         raise ValueError(
             "`scores` must be probabilities in [0, 1] (apply torch.sigmoid to logits), got "

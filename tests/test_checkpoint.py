@@ -53,3 +53,12 @@ def test_load_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not an agcn_pyg checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+def test_checkpoint_mode_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "last.pth").st_mode & 0o777) == 0o644

@@ -294,6 +294,9 @@ def test_cached_similarity_matches_and_follows_its_input():
     x2 = x.clone().requires_grad_()  # gradients flow through C: no cache
     conv(x2, adj).sum().backward()
     assert x2.grad is not None and x2.grad.abs().sum() > 0
+    for _ in range(20):  # fresh inputs, often at the address a freed one had
+        x3 = torch.randn(6, 4)
+        torch.testing.assert_close(conv(x3, adj), plain(x3, adj))
     wide = AdaptiveGCNConv(4, 2, cached=True)  # N > 2 * out: uncached takes the factored path
     wide_plain = AdaptiveGCNConv(4, 2)
     wide_plain.load_state_dict(wide.state_dict())

@@ -74,6 +74,11 @@ def test_eval_cache_is_exact_and_invalidated():
         torch.testing.assert_close(changed, x @ head.classifiers().t())
         assert not torch.allclose(changed, first)
 
+        # Parameters replaced by new tensor objects (version 0 again) invalidate it.
+        other = MultiLabelHead(d, n, label_graph(n, seed=1), hidden_channels=(6,))
+        head.load_state_dict(other.state_dict(), assign=True)
+        torch.testing.assert_close(head(x), x @ other.classifiers().t())
+
     # An optimizer step in training mode invalidates it too.
     head.train()
     opt = torch.optim.SGD(head.parameters(), lr=0.1)

@@ -203,3 +203,12 @@ def test_format_table():
     assert cells == ["ASL (TResNetM)", "81.8", "82.1", "72.6", "76.4", "83.1", "76.1", "79.4"]
     cells = [c.strip() for c in lines[3].split("|")[1:-1]]
     assert cells == ["Ours", "86.9", "86.2", "-", "-", "-", "-", "-"]
+
+
+def test_float64_scores_just_below_threshold_are_not_predicted():
+    scores = torch.tensor([[0.49999999999, 0.9], [0.2, 0.8]], dtype=torch.float64)
+    targets = torch.tensor([[1, 1], [0, 1]])
+    m = multilabel_metrics(scores, targets, threshold=0.5)
+    # Class 0 has no prediction (0.49999999999 < 0.5): recall 0 for it, 1 for class 1.
+    assert m["CR"] == pytest.approx(50.0)
+    assert m["OP"] == pytest.approx(100.0)
