@@ -125,8 +125,8 @@ class AdaptiveGCNConv(MessagePassing):
             :math:`\mathbf{C}` once and reuses it while :obj:`x` is the same tensor, unchanged
             and without gradient — for fixed inputs such as the node features of a first
             layer (like :class:`~torch_geometric.nn.conv.GCNConv`'s :obj:`cached`). With
-            one-hot features this saves an :math:`N^3` product per call. Not for use under
-            :obj:`torch.compile`. (default: :obj:`False`)
+            one-hot features this saves an :math:`N^3` product per call. Under
+            :obj:`torch.compile` it is ignored. (default: :obj:`False`)
         bias (bool, optional): If set to :obj:`False`, the layer will not learn an additive
             bias. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
@@ -366,7 +366,8 @@ class AdaptiveGCNConv(MessagePassing):
 
         factored = None
         if self.similarity:
-            if self.cached and not x.requires_grad:
+            # The cache lives outside the graph torch.compile traces: compiled, C is formed.
+            if self.cached and not x.requires_grad and not is_compiling():
                 coef = coef + self._similarity_matrix(x)
             # C = x_hat x_hat^T costs N^2 F_in; applying it as x_hat (x_hat^T H) costs
             # 2 N F_in F_out, the cheaper one for large label sets.

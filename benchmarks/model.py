@@ -235,9 +235,7 @@ def build_model(head: Head, args, adj: Tensor, device: torch.device) -> nn.Modul
 
 
 def compile_classifiers(head: MultiLabelHead) -> None:
-    # The instance attribute shadows the method, so the head's forward (and its eval cache)
-    # call the compiled function; the cache's key logic stays eager.
-    head.classifiers = torch.compile(head.classifiers, dynamic=False)
+    head.compile_classifiers(dynamic=False)
 
 
 def count_classifier_calls(head: nn.Module) -> list[int]:

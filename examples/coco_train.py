@@ -80,7 +80,7 @@ DATA_FLAGS = ("data", "train_ann", "train_images", "val_ann", "val_images",
 # shapes the training trajectory.
 RUNTIME_FLAGS = {*DATA_FLAGS, "year", "epochs", "workers", "pin_memory", "persistent_workers",
                  "prefetch_factor", "log_interval", "no_progress", "output", "resume",
-                 "evaluate", "device", "eval_batch_size"}
+                 "evaluate", "device", "eval_batch_size", "compile_head"}
 # What the demo changes, unless given on the command line.
 DEMO_DEFAULTS = dict(model="resnet10t", img_size=64, epochs=12, batch_size=32, lr=3e-4,
                      ema_decay=0.98, amp="off", workers=2,
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 on GPUs that have it, else fp16 + GradScaler; off on CPU")
     g.add_argument("--channels-last", action=BoolOpt, default=None, help="default: on CUDA")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA)")
+    g.add_argument("--compile-head", action="store_true",
+                   help="torch.compile the graph layers (MultiLabelHead.compile_classifiers): "
+                   "fewer kernels per step on a GPU")
     g.add_argument("--threshold", type=float, default=0.5, help="for CP/CR/CF1/OP/OR/OF1")
     g.add_argument("--seed", type=int, default=0)
 
@@ -543,6 +546,8 @@ def run_training(args, explicit: set[str], info) -> int:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=args.ema_decay)
+    if args.compile_head:  # after the EMA copy: compiled functions do not deep-copy
+        model.head.compile_classifiers()
     optimizer = torch.optim.Adam(model.param_groups(args.weight_decay), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     train_loader = build_train_loader(

@@ -219,6 +219,18 @@ def test_cuda_bf16_channels_last():
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
+def test_compiled_classifiers_have_no_graph_breaks_and_match():
+    import torch._dynamo
+
+    head = MultiLabelHead(16, 6, label_graph(6), hidden_channels=(8,))
+    explanation = torch._dynamo.explain(head.classifiers)()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    expected = head.classifiers()
+    head.compile_classifiers()
+    torch.testing.assert_close(head.classifiers(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_head_layers_are_adaptive_gcn_conv():
     head = MultiLabelHead(16, 3, label_graph(3), hidden_channels=(8, 8))
     assert all(isinstance(c, AdaptiveGCNConv) for c in head.convs) and len(head.convs) == 3
