@@ -9,7 +9,8 @@ The whole API, for ``benchmarks/layers.py`` and ``benchmarks/model.py``:
 * :func:`is_oom`, :func:`free_memory` — recognise an out-of-memory error and clean up, so that
   a benchmark can record "OOM" and go on.
 * :func:`memory_budget` — bytes a case may plan to use (for skipping by estimate).
-* :func:`env_info`, :func:`device_tag`, :func:`default_out_dir` — what ran where.
+* :func:`env_info`, :func:`device_tag`, :func:`default_out_dir` — what ran where;
+  :func:`start_results` / :func:`finish_results` — the results folder and its ``env.json``.
 * :func:`write_csv`, :func:`markdown_table` — result tables from a list of dicts.
 * :func:`int_list`, :func:`str_list` — argparse types for comma-separated flags.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime
 import gc
+import json
 import os
 import platform
 import re
@@ -269,3 +271,26 @@ def int_list(text: str) -> list[int]:
 def str_list(text: str) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``: an argparse type for comma-separated names."""
     return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def start_results(
+    out: Path | None, device: torch.device, script: str, argv: Sequence[str], suffix: str = ""
+) -> tuple[Path, dict[str, Any]]:
+    """Creates the results folder (``out`` or :func:`default_out_dir`) and writes its
+    ``env.json`` with the command line; returns the folder and the env dict."""
+    out = out or default_out_dir(device, suffix)
+    out.mkdir(parents=True, exist_ok=True)
+    env = env_info(device)
+    env["command"] = " ".join(["python", f"benchmarks/{script}", *argv])
+    _write_env(out, env)
+    return out, env
+
+
+def finish_results(out: Path, env: dict[str, Any]) -> None:
+    """Adds the load average at the end (how busy the machine was) to ``env.json``."""
+    env["load_average_end"] = os.getloadavg()
+    _write_env(out, env)
+
+
+def _write_env(out: Path, env: dict[str, Any]) -> None:
+    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")

@@ -26,9 +26,7 @@ Full GPU run::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -44,14 +42,14 @@ from torch_geometric.utils import coalesce, remove_self_loops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    default_out_dir,
-    env_info,
+    finish_results,
     free_memory,
     int_list,
     is_oom,
     markdown_table,
     memory_budget,
     peak_memory,
+    start_results,
     str_list,
     time_fn,
     write_csv,
@@ -475,12 +473,8 @@ def main(argv: list[str] | None = None) -> Path:
     args.budget = (
         int(args.max_mem_gib * GiB) if args.max_mem_gib is not None else memory_budget(device)
     )
-    out = args.out or default_out_dir(device, "-quick" if args.quick else "")
-    out.mkdir(parents=True, exist_ok=True)
-    env = env_info(device)
-    env["command"] = " ".join(["python", "benchmarks/layers.py", *argv])
+    out, env = start_results(args.out, device, "layers.py", argv, "-quick" if args.quick else "")
     env["memory_budget_gib"] = round(args.budget / GiB, 1)
-    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
 
     rows = []
     width = max(len(layer.label) for layer in LAYERS.values())
@@ -502,8 +496,7 @@ def main(argv: list[str] | None = None) -> Path:
         del graph
         free_memory(device)
 
-    env["load_average_end"] = os.getloadavg()
-    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    finish_results(out, env)
     add_ratios(rows)
     write_csv(rows, out / "layers.csv", COLUMNS)
     write_markdown(rows, args, env, out / "layers.md")

@@ -36,8 +36,6 @@ The issue's GPU run (tresnet_m, 448 px, batch 64, bf16, channels_last)::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -51,12 +49,12 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    default_out_dir,
-    env_info,
+    finish_results,
     free_memory,
     int_list,
     markdown_table,
     peak_memory,
+    start_results,
     str_list,
     time_fn,
     write_csv,
@@ -526,11 +524,8 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as a training script would
-    out = args.out or default_out_dir(device, "-model" + ("-quick" if args.quick else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    env = env_info(device)
-    env["command"] = " ".join(["python", "benchmarks/model.py", *argv])
-    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    suffix = "-model" + ("-quick" if args.quick else "")
+    out, env = start_results(args.out, device, "model.py", argv, suffix)
 
     adj = random_label_graph(args.num_labels, args.seed)
     model_rows: list[dict] = []
@@ -543,8 +538,7 @@ def main(argv: list[str] | None = None) -> Path:
     if model_rows:
         add_predictions(model_rows, head_rows, num_features)
 
-    env["load_average_end"] = os.getloadavg()
-    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    finish_results(out, env)
     if model_rows:
         write_csv(model_rows, out / "model.csv", MODEL_COLUMNS)
     write_csv(head_rows, out / "head.csv", HEAD_COLUMNS)
