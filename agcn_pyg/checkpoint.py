@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import torch
 
@@ -13,21 +15,21 @@ from agcn_pyg.model import MLAGCN, create_model
 FORMAT = "agcn_pyg/1"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Writes ``state`` to ``path`` atomically: a temporary file in the same folder, flushed
-    to disk, then renamed over ``path``, so a crash leaves the old file or the new one,
-    never half of one."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Opens a temporary file in ``path``'s folder; on a clean exit flushes it to disk and
+    renames it over ``path``, so a crash leaves the old file or the new one, never half of
+    one. The file gets the mode a plain ``open`` would give it (mkstemp's is 0600)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    # mkstemp creates the file private (0600); give it the mode torch.save's would have.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +37,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Writes ``state`` to ``path`` with :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

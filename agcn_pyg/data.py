@@ -48,6 +48,14 @@ def _first_few(items: Sequence[str]) -> str:
     return shown + (", ..." if len(items) > _MAX_NAMED else "")
 
 
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decodes a whole image file as RGB (grayscale, RGBA, palette, CMYK alike). The full
+    decode makes a truncated file fail here, not later in a transform."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
 class _MultiLabelImageDataset(Dataset):
     """Shared storage, filtering and image loading of the multi-label datasets.
 
@@ -118,10 +126,7 @@ class _MultiLabelImageDataset(Dataset):
         """Opens image ``index`` as RGB, or returns ``None`` if it is unreadable."""
         path = self.image_paths[index]
         try:
-            with Image.open(path) as img:
-                # load() forces a full decode so truncation is caught here.
-                img.load()
-                return img.convert("RGB")
+            return read_rgb(path)
         except (OSError, ValueError, SyntaxError) as e:
             warnings.warn(f"Skipping unreadable image '{path}': {e}", stacklevel=2)
             return None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -206,8 +206,9 @@ class LabelGraph:
             return mlgcn_adjacency(self.counts, self.nums, **kwargs)
         raise ValueError(f"`kind` must be 'cooccurrence' or 'mlgcn', got {kind!r}")
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Saves plain tensors and a list of names with :func:`torch.save`."""
+    def save(self, path: str | os.PathLike | IO[bytes]) -> None:
+        """Saves plain tensors and a list of names with :func:`torch.save` (to a path or an
+        open binary file)."""
         torch.save(
             {"counts": self.counts, "nums": self.nums, "label_names": self.label_names}, path
         )

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from agcn_pyg.data import read_rgb
 from agcn_pyg.model import MLAGCN
 from agcn_pyg.transforms import build_transforms
 
@@ -126,10 +126,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            with Image.open(self.paths[index]) as img:
-                img.load()  # a full decode, so that a truncated file fails here
-                img = img.convert("RGB")
-            return self.transform(img), index, None
+            return self.transform(read_rgb(self.paths[index])), index, None
         except Exception as e:  # any decoding failure is reported per file
             return None, index, f"{type(e).__name__}: {e}"
 

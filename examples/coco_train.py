@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -45,6 +44,7 @@ from agcn_pyg import (
     make_synthetic_coco,
 )
 from agcn_pyg.checkpoint import (
+    atomic_write,
     load_checkpoint,
     model_config,
     model_from_checkpoint,
@@ -305,10 +305,8 @@ def label_graph(train_set, out_dir: str, is_main: bool) -> LabelGraph:
                 _print(f"Label graph: cannot read {path} ({e}); recomputing")
     graph = LabelGraph.from_labels(train_set.labels, train_set.label_names)
     if is_main:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=out_dir)
-        os.close(fd)
-        graph.save(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            graph.save(f)
     return graph
 
 
@@ -350,11 +348,9 @@ def _json_safe(x):
 
 
 def _write_log(path: str, history: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path, "w") as f:
         for r in history:
             f.write(json.dumps(_json_safe(r)) + "\n")
-    os.replace(tmp, path)
 
 
 def _table_rows(metrics: dict[str, dict], params: dict[str, int] | None = None):
