@@ -2,8 +2,9 @@
 
 ``torchrun --nproc_per_node=G`` (and its multi-node form) exports ``RANK``, ``LOCAL_RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and
-starts the default process group (NCCL on CUDA, gloo on CPU). Without them everything runs
-as a single process and every helper below degrades to the obvious single-rank answer, so a
+starts the default process group (NCCL on CUDA, gloo on CPU) — also for a single process
+(``--nproc_per_node=1``), so a one-GPU ``torchrun`` exercises DDP and NCCL as a larger job
+would. Without them everything runs as a single process and every helper below degrades to the obvious single-rank answer, so a
 script can call them unconditionally.
 """
 
@@ -39,6 +40,7 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    launched: bool = False  # started by torchrun: a process group exists, even of one
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +48,7 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
 
 def _env_int(name: str, default: int) -> int:
@@ -90,15 +92,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         torch_device = torch.device(dev_type)
 
-    if world_size > 1 and not dist.is_initialized():
+    # torchrun sets RANK and WORLD_SIZE; a process group of one is still a real one (DDP, NCCL).
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if launched and not dist.is_initialized():
         backend = "nccl" if dev_type == "cuda" else "gloo"
         kwargs = {"device_id": torch_device} if dev_type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
-    return DistInfo(rank, local_rank, world_size, torch_device)
+    return DistInfo(rank, local_rank, world_size, torch_device, launched)
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized()
 
 
 def get_rank() -> int:

@@ -352,7 +352,7 @@ def test_autocast_bf16_is_finite():
         assert torch.isfinite(conv(x, edge_index)).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_matches_cpu_and_autocast(dtype):
     x, adj = torch.randn(50, 16), torch.rand(50, 50)

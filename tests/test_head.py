@@ -209,7 +209,7 @@ def test_head_under_bf16_autocast_cpu():
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_bf16_channels_last():
     model = create_model("resnet18", 4, label_graph(4)).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 64, 64, device="cuda").to(memory_format=torch.channels_last)

@@ -1,0 +1,337 @@
+"""The whole GPU check in one command: CUDA tests, layer and model benchmarks, a short real
+training (AMP, channels_last, EMA, compiled head, torchrun + NCCL, resume, predict, export), and
+a PASS/MISS summary of the project's GPU targets.
+
+GPU time comes in short slices, so every step runs under its own time limit inside one overall
+``--budget-s``; the steps run most-important first, and whatever a step wrote before it was cut
+off stays in the results folder. After every step ``summary.md`` / ``summary.json`` are rewritten,
+so a run killed from outside still leaves a summary of what finished.
+
+On a GPU machine (see ``benchmarks/gpu_suite.sh`` for the bare-machine set-up)::
+
+    python benchmarks/gpu_suite.py --archive $OUT/gpu-suite.tar.gz
+
+On the CPU, the same steps at toy sizes (the test suite runs this)::
+
+    python benchmarks/gpu_suite.py --quick --out /tmp/gpu-suite-quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, start_results  # noqa: E402
+from gpu_targets import check_targets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass
+class Step:
+    """One command of the suite. ``limit_s`` caps it; ``needs`` names a step that must pass."""
+
+    name: str
+    argv: list[str]
+    limit_s: float
+    needs: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # ok | failed (rc N) | timeout | skipped (...)
+    seconds: float
+    log: str
+    command: str
+
+
+# Steps ---------------------------------------------------------------------------------------
+
+
+def test_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    junit = out / "tests" / "junit.xml"
+    return [Step("cuda-tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                                f"--junitxml={junit}", "tests"], a.limit("tests", 90, 240))]
+
+
+def layer_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    base = [PY, "benchmarks/layers.py", "--device", a.device, "--repeats", str(a.repeats),
+            "--warmup", str(a.warmup)]
+    if a.quick:
+        base += ["--quick", "--threads", "1"]
+    steps = [Step("layers-fp32", [*base, "--dtype", "fp32", "--no-compile",
+                                  "--out", str(out / "layers-fp32")], a.limit("layers", 90, 120))]
+    if a.quick:  # compiling and more dtypes cost CPU minutes and prove no more plumbing
+        return steps
+    # Compiled dense layer on the hidden shape: the launch-bound N = 80 target.
+    steps.append(Step("layers-compile", [*base, "--dtype", "fp32", "--compile", "--shapes", "hidden",
+                                         "--layers", "agcn_dense,agcn_dense_compile,dense_gat",
+                                         "--out", str(out / "layers-compile")],
+                      a.limit("layers", 90, 240)))
+    if _layers_has_scale():
+        steps.append(Step("layers-scale", [*base, "--dtype", "fp32", "--shapes", "scale",
+                                           "--out", str(out / "layers-scale")],
+                          a.limit("layers", 90, 240)))
+    for dtype in ("bf16", "tf32"):
+        steps.append(Step(f"layers-{dtype}", [*base, "--dtype", dtype, "--no-compile",
+                                              "--out", str(out / f"layers-{dtype}")],
+                          a.limit("layers", 60, 120)))
+    return steps
+
+
+def _layers_has_scale() -> bool:
+    """The complete-graph ``scale`` sweep (O(N log N) path), once layers.py has it."""
+    return '"scale"' in (ROOT / "benchmarks" / "layers.py").read_text()
+
+
+def model_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    argv = [PY, "benchmarks/model.py", "--device", a.device, "--out", str(out / "model")]
+    if a.quick:  # the training step below compiles the head once; that proves the flag
+        argv += ["--quick", "--repeats", "2", "--warmup", "1", "--head-repeats", "3",
+                 "--no-memory"]
+    else:
+        argv += ["--compile-head", "--repeats", "15", "--warmup", "5"]
+    return [Step("model", argv, a.limit("model", 120, 240))]
+
+
+def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """A short real run, then torchrun (NCCL on CUDA, gloo on the CPU) for one epoch, its
+    resume, and predict + export of the result. Run folders live in ``a.scratch`` (checkpoints
+    are large); their logs and plots are copied into the results folder afterwards."""
+    s = a.scratch
+    train = [PY, "examples/coco_train.py", "--device", a.device, "--no-progress", "--seed", "0"]
+    if a.quick:
+        size = ["--demo-train", "24", "--demo-val", "8", "--demo-labels", "4", "--model",
+                "resnet10t", "--img-size", "32", "--batch-size", "8", "--workers", "0",
+                "--amp", "off", "--hidden", "16", "--log-interval", "1"]
+    else:
+        size = ["--demo-train", "2048", "--demo-val", "256", "--demo-labels", "20", "--model",
+                "tresnet_m", "--img-size", "224", "--batch-size", "64", "--workers", "8",
+                "--amp", "bf16", "--channels-last", "--log-interval", "8"]
+    # --quick leaves the compile out: on a CPU it costs half a minute and is tested elsewhere.
+    single = [*train, *size, "--epochs", "2", "--ema-decay", "0.99",
+              *([] if a.quick else ["--compile-head"]), "--output", str(s / "single")]
+    torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                "examples/coco_train.py", "--device", a.device, "--no-progress", "--seed", "0"]
+    ddp = [*torchrun, *size, "--epochs", "1", "--sched-epochs", "2", "--ema-decay", "0.99",
+           "--output", str(s / "ddp")]
+    resume = [*torchrun, "--resume", str(s / "ddp" / "last.pth"), "--epochs", "2",
+              "--workers", size[size.index("--workers") + 1]]
+    val_images = s / "ddp" / "data" / "val2017"
+    predict = [PY, "examples/predict.py", str(s / "ddp" / "best.pth"), str(val_images),
+               "--device", a.device, "--quiet", "--json", str(out / "train" / "predict.json")]
+    export = [PY, "examples/export.py", str(s / "ddp" / "best.pth"), str(s / "model.pt2")]
+    lim = a.limit("train", 60, 150)
+    return [Step("train-amp-ema-compile", single, lim),
+            Step("train-torchrun", ddp, lim),
+            Step("train-resume", resume, lim, needs="train-torchrun"),
+            Step("predict", predict, a.limit("train", 60, 60), needs="train-resume"),
+            Step("export", export, a.limit("train", 90, 90), needs="train-resume")]
+
+
+# Running ------------------------------------------------------------------------------------
+
+
+def run_step(step: Step, out: Path, deadline: float, done: dict[str, StepResult]) -> StepResult:
+    log = out / "logs" / f"{step.name}.log"
+    command = " ".join(step.argv)
+    left = deadline - time.monotonic()
+    if step.needs and done.get(step.needs, None) and done[step.needs].status != "ok":
+        return StepResult(step.name, f"skipped ({step.needs} did not pass)", 0.0, "", command)
+    if left < 5:
+        return StepResult(step.name, "skipped (suite budget spent)", 0.0, "", command)
+    limit = min(step.limit_s, left)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
+    start = time.monotonic()
+    with open(log, "w") as f:
+        f.write(f"$ {command}\n")
+        f.flush()
+        # A new session so that a timeout kills the step's children too (torchrun, workers).
+        proc = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit)
+            status = "ok" if rc == 0 else f"failed (rc {rc})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            status = f"timeout ({limit:.0f} s)"
+    return StepResult(step.name, status, time.monotonic() - start, str(log.relative_to(out)),
+                      command)
+
+
+class _Parsed(Exception):
+    pass
+
+
+def check_arguments(step: Step) -> str:
+    """Parses ``step``'s command line with its script's own argparse parser, without running
+    the script: ``ok`` or the parser's error. (``--dry-run``: proves the GPU plan's flags still
+    exist after a refactor, in seconds.)"""
+    argv = list(step.argv[1:])
+    if argv[:2] == ["-m", "torch.distributed.run"]:
+        argv = [a for a in argv[2:] if not a.startswith("--standalone")
+                and not a.startswith("--nproc_per_node")]
+    if argv[:1] == ["-m"]:
+        return "ok (module, not checked)"
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        original(self, args, namespace)
+        raise _Parsed
+
+    argparse.ArgumentParser.parse_args = parse_then_stop
+    saved = list(sys.argv)
+    sys.argv = [str(ROOT / argv[0]), *argv[1:]]
+    try:
+        runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+        return "error: the script ran past its argument parsing"
+    except _Parsed:
+        return "ok"
+    except SystemExit as e:
+        return f"error: argument parsing exited with {e.code}"
+    finally:
+        argparse.ArgumentParser.parse_args = original
+        sys.argv = saved
+
+
+def collect_train_outputs(scratch: Path, out: Path) -> None:
+    """Copies the small files of the training runs (logs, plots, summaries) into ``out``."""
+    for run in ("single", "ddp"):
+        src = scratch / run
+        if not src.is_dir():
+            continue
+        dst = out / "train" / run
+        dst.mkdir(parents=True, exist_ok=True)
+        for p in src.iterdir():
+            if p.is_file() and p.suffix in {".jsonl", ".csv", ".png", ".yaml", ".json", ".md"}:
+                shutil.copy2(p, dst / p.name)
+    exported = scratch / "model.pt2"
+    if exported.exists():
+        (out / "train").mkdir(exist_ok=True)
+        (out / "train" / "export.txt").write_text(f"model.pt2: {exported.stat().st_size} bytes\n")
+
+
+def write_summary(out: Path, env: dict, results: list[StepResult], targets: list[dict]) -> str:
+    """``summary.md`` (steps, targets) and ``summary.json``; returns the markdown."""
+    md = [f"# GPU suite: {env.get('gpu_name') or env['device']}", "",
+          f"{env['date']}; torch {env['torch']}, CUDA {env['cuda']}, PyG "
+          f"{env['torch_geometric']}, timm {env['timm']}; commit {env['git_commit']}; "
+          f"set-up {env.get('setup_seconds', '?')} s.", "", "## Steps", "",
+          markdown_table([asdict(r) for r in results], ["name", "status", "seconds", "log"]),
+          "## Targets", "",
+          markdown_table(targets, ["target", "case", "value", "bar", "result"])]
+    text = "\n".join(md)
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(
+        {"env": env, "steps": [asdict(r) for r in results], "targets": targets}, indent=2))
+    return text
+
+
+def pack(out: Path, archive: Path) -> None:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+
+
+# Arguments and main --------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None, help="default: cuda (cpu with --quick)")
+    p.add_argument("--quick", action="store_true", help="toy sizes on the CPU: proves the suite")
+    p.add_argument("--budget-s", type=float, default=420,
+                   help="the whole suite's time limit in seconds (default: 420)")
+    p.add_argument("--parts", default="tests,layers,model,train",
+                   help="which parts, in this order (default: tests,layers,model,train)")
+    p.add_argument("--repeats", type=int, default=20, help="layer benchmark timed runs")
+    p.add_argument("--warmup", type=int, default=5, help="layer benchmark warm-up runs")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default: benchmarks/results/<date>-<device>-gpu-suite)")
+    p.add_argument("--scratch", type=Path, default=None,
+                   help="folder for training runs and checkpoints (default: <tmp>/agcn-gpu-suite)")
+    p.add_argument("--archive", type=Path, default=None, help="also pack the results as .tar.gz")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only check every step's command line against its script's parser")
+    p.add_argument("--setup-seconds", type=float, default=None,
+                   help="time the machine's set-up took (gpu_suite.sh passes it; recorded)")
+    a = p.parse_args(argv)
+    a.device = a.device or ("cpu" if a.quick else "cuda")
+    if a.device.startswith("cuda") and not torch.cuda.is_available() and not a.dry_run:
+        p.error("--device cuda but CUDA is not available (use --quick on the CPU)")
+    if a.quick:
+        a.repeats, a.warmup = min(a.repeats, 3), min(a.warmup, 1)
+    a.scratch = a.scratch or Path(os.environ.get("TMPDIR", "/tmp")) / "agcn-gpu-suite"
+
+    def limit(part: str, quick_s: float, gpu_s: float) -> float:
+        return quick_s if a.quick else gpu_s
+
+    a.limit = limit
+    return a
+
+
+PARTS = {"tests": test_steps, "layers": layer_steps, "model": model_steps, "train": train_steps}
+
+
+def dry_run(a: argparse.Namespace) -> int:
+    out = a.out or Path(os.environ.get("TMPDIR", "/tmp")) / "agcn-gpu-suite-dry-run"
+    bad = 0
+    for part in a.parts.split(","):
+        for step in PARTS[part](a, out):
+            status = check_arguments(step)
+            bad += not status.startswith("ok")
+            print(f"[gpu-suite] {step.name:24s} {status}\n    {' '.join(step.argv)}", flush=True)
+    return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.dry_run:
+        return dry_run(a)
+    deadline = time.monotonic() + a.budget_s
+    device = torch.device(a.device)
+    out, env = start_results(a.out, device, "gpu_suite.py", sys.argv[1:] if argv is None else argv,
+                             suffix="-gpu-suite" + ("-quick" if a.quick else ""))
+    env["setup_seconds"] = a.setup_seconds
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "tests").mkdir(exist_ok=True)
+    (out / "train").mkdir(exist_ok=True)
+    shutil.rmtree(a.scratch, ignore_errors=True)
+    a.scratch.mkdir(parents=True)
+
+    results: dict[str, StepResult] = {}
+    for part in a.parts.split(","):
+        for step in PARTS[part](a, out):
+            r = run_step(step, out, deadline, results)
+            results[r.name] = r
+            print(f"[gpu-suite] {r.name:24s} {r.status:28s} {r.seconds:7.1f} s", flush=True)
+            if part == "train":
+                collect_train_outputs(a.scratch, out)
+            write_summary(out, env, list(results.values()), check_targets(out))
+    text = write_summary(out, env, list(results.values()), check_targets(out))
+    print(text, flush=True)
+    if a.archive:
+        pack(out, a.archive)
+        print(f"[gpu-suite] packed {out} into {a.archive}")
+    failed = [r for r in results.values() if r.status != "ok" and not r.status.startswith("skip")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

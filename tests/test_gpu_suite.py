@@ -1,0 +1,98 @@
+"""benchmarks/gpu_suite.py: the GPU plan's command lines parse, the targets are computed right,
+and the suite runs end to end on the CPU (``--quick``)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gpu_suite = _load("gpu_suite")
+gpu_targets = _load("gpu_targets")
+
+
+def test_gpu_plan_command_lines_parse(capsys):
+    # The real (CUDA) plan, checked against each script's own parser: a renamed flag fails here.
+    assert gpu_suite.main(["--dry-run"]) == 0, capsys.readouterr().out
+
+
+def test_check_arguments_reports_an_unknown_flag():
+    step = gpu_suite.Step("bad", [sys.executable, "benchmarks/layers.py", "--no-such-flag"], 1)
+    assert gpu_suite.check_arguments(step).startswith("error")
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_targets_from_csvs(tmp_path):
+    def layer(name, graph, shape, n, ms, status="ok"):
+        return dict(layer=name, graph=graph, shape=shape, n=n, fwd_bwd_ms=ms, status=status,
+                    fwd_bwd_mem_mib="")
+
+    _write(tmp_path / "layers-fp32" / "layers.csv", [
+        layer("agcn_dense", "complete", "hidden", 80, 1.2),   # 1.2 / 1.0 <= 1.25: PASS
+        layer("dense_gat", "complete", "hidden", 80, 1.0),
+        layer("agcn_dense", "complete", "hidden", 500, 2.2),  # 1.1 > 1.0: MISS
+        layer("dense_gat", "complete", "hidden", 500, 2.0),
+        layer("agcn_dense", "complete", "hidden", 2000, ""),  # OOM: n/a, never PASS
+        layer("dense_gat", "complete", "hidden", 2000, 5.0),
+        layer("agcn_edge", "sparse", "sparse", 10000, 2.6),   # 1.3: PASS (bar inclusive)
+        layer("gat", "sparse", "sparse", 10000, 2.0),
+    ])
+    _write(tmp_path / "model" / "model.csv", [
+        dict(mode="train", head="linear", layers=0, compiled="False", status="ok",
+             time_overhead_pct=0, model="m", img_size=448, batch_size=64, dtype="bf16"),
+        dict(mode="train", head="ml-agcn-1", layers=1, compiled="False", status="ok",
+             time_overhead_pct=2.5, model="m", img_size=448, batch_size=64, dtype="bf16"),
+        dict(mode="infer", head="ml-agcn-1", layers=1, compiled="True", status="ok",
+             time_overhead_pct=0.1, model="m", img_size=448, batch_size=64, dtype="bf16"),
+    ])
+    got = {(r["target"].split(",")[0], r["case"]): r["result"]
+           for r in gpu_targets.check_targets(tmp_path)}
+    assert got[("dense vs DenseGATConv", "layers-fp32, N=80")] == "PASS"
+    assert got[("dense vs DenseGATConv", "layers-fp32, N=500")] == "MISS"
+    assert got[("dense vs DenseGATConv", "layers-fp32, N=2000")] == "n/a"
+    assert got[("dense vs DenseGATConv", "layers-fp32, N=10000")] == "n/a"
+    assert got[("edge_index vs GATConv", "sparse N=10000")] == "PASS"
+    assert got[("head overhead", "1 layer(s), m 448 b64 bf16")] == "MISS"
+    assert got[("head overhead", "1 layer(s) compiled, m 448 b64 bf16")] == "PASS"
+    assert got[("complete path (sparse A) vs DenseGATConv", "N=10000")] == "n/a"
+
+
+@pytest.mark.slow
+def test_quick_suite_end_to_end(tmp_path):
+    out, archive = tmp_path / "suite", tmp_path / "suite.tar.gz"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--quick", "--parts", "tests,train",
+         "--out", str(out), "--scratch", str(tmp_path / "scratch"), "--archive", str(archive)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["ok"] * 6, summary["steps"]
+    assert (out / "train" / "ddp" / "log.jsonl").exists()
+    assert len(json.loads((out / "train" / "predict.json").read_text())) == 8  # demo-val images
+    with tarfile.open(archive) as tar:
+        assert f"{out.name}/summary.md" in tar.getnames()
