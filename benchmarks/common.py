@@ -206,7 +206,10 @@ def env_info(device: torch.device) -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it; on a copy
+    without ``.git`` (the GPU machine) the ``AGCN_GIT_COMMIT`` variable, if set."""
+    if os.environ.get("AGCN_GIT_COMMIT"):
+        return os.environ["AGCN_GIT_COMMIT"]
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
