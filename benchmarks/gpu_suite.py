@@ -66,32 +66,38 @@ class StepResult:
 def test_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     junit = out / "tests" / "junit.xml"
     return [Step("cuda-tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                                f"--junitxml={junit}", "tests"], a.limit("tests", 90, 240))]
+                                f"--junitxml={junit}", "tests"], a.limit("tests", 90, 120))]
 
 
 def layer_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """fp32, every layer and case (the README's table), and the ``scale`` sweep if present."""
+    steps = [Step("layers-fp32", [*_layers_base(a), "--dtype", "fp32", "--no-compile",
+                                  "--out", str(out / "layers-fp32")], a.limit("layers", 90, 120))]
+    if _layers_has_scale() and not a.quick:
+        steps.append(Step("layers-scale", [*_layers_base(a), "--dtype", "fp32", "--shapes",
+                                           "scale", "--out", str(out / "layers-scale")],
+                          a.limit("layers", 90, 150)))
+    return steps
+
+
+def layer_extra_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """The compiled dense layer (the launch-bound N = 80 target), then bf16 and tf32."""
+    if a.quick:  # compiling and more dtypes cost CPU minutes and prove no more plumbing
+        return []
+    steps = [Step("layers-compile", [*_layers_base(a), "--dtype", "fp32", "--compile",
+                                     "--shapes", "hidden", "--layers",
+                                     "agcn_dense,agcn_dense_compile,dense_gat",
+                                     "--out", str(out / "layers-compile")], 150)]
+    for dtype in ("bf16", "tf32"):
+        steps.append(Step(f"layers-{dtype}", [*_layers_base(a), "--dtype", dtype, "--no-compile",
+                                              "--out", str(out / f"layers-{dtype}")], 90))
+    return steps
+
+
+def _layers_base(a: argparse.Namespace) -> list[str]:
     base = [PY, "benchmarks/layers.py", "--device", a.device, "--repeats", str(a.repeats),
             "--warmup", str(a.warmup)]
-    if a.quick:
-        base += ["--quick", "--threads", "1"]
-    steps = [Step("layers-fp32", [*base, "--dtype", "fp32", "--no-compile",
-                                  "--out", str(out / "layers-fp32")], a.limit("layers", 90, 120))]
-    if a.quick:  # compiling and more dtypes cost CPU minutes and prove no more plumbing
-        return steps
-    # Compiled dense layer on the hidden shape: the launch-bound N = 80 target.
-    steps.append(Step("layers-compile", [*base, "--dtype", "fp32", "--compile", "--shapes", "hidden",
-                                         "--layers", "agcn_dense,agcn_dense_compile,dense_gat",
-                                         "--out", str(out / "layers-compile")],
-                      a.limit("layers", 90, 240)))
-    if _layers_has_scale():
-        steps.append(Step("layers-scale", [*base, "--dtype", "fp32", "--shapes", "scale",
-                                           "--out", str(out / "layers-scale")],
-                          a.limit("layers", 90, 240)))
-    for dtype in ("bf16", "tf32"):
-        steps.append(Step(f"layers-{dtype}", [*base, "--dtype", dtype, "--no-compile",
-                                              "--out", str(out / f"layers-{dtype}")],
-                          a.limit("layers", 60, 120)))
-    return steps
+    return [*base, "--quick", "--threads", "1"] if a.quick else base
 
 
 def _layers_has_scale() -> bool:
@@ -106,7 +112,7 @@ def model_steps(a: argparse.Namespace, out: Path) -> list[Step]:
                  "--no-memory"]
     else:
         argv += ["--compile-head", "--repeats", "15", "--warmup", "5"]
-    return [Step("model", argv, a.limit("model", 120, 240))]
+    return [Step("model", argv, a.limit("model", 120, 180))]
 
 
 def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
@@ -120,7 +126,7 @@ def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
                 "resnet10t", "--img-size", "32", "--batch-size", "8", "--workers", "0",
                 "--amp", "off", "--hidden", "16", "--log-interval", "1"]
     else:
-        size = ["--demo-train", "2048", "--demo-val", "256", "--demo-labels", "20", "--model",
+        size = ["--demo-train", "1536", "--demo-val", "256", "--demo-labels", "20", "--model",
                 "tresnet_m", "--img-size", "224", "--batch-size", "64", "--workers", "8",
                 "--amp", "bf16", "--channels-last", "--log-interval", "8"]
     # --quick leaves the compile out: on a CPU it costs half a minute and is tested elsewhere.
@@ -136,12 +142,12 @@ def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     predict = [PY, "examples/predict.py", str(s / "ddp" / "best.pth"), str(val_images),
                "--device", a.device, "--quiet", "--json", str(out / "train" / "predict.json")]
     export = [PY, "examples/export.py", str(s / "ddp" / "best.pth"), str(s / "model.pt2")]
-    lim = a.limit("train", 60, 150)
+    lim = a.limit("train", 60, 120)
     return [Step("train-amp-ema-compile", single, lim),
             Step("train-torchrun", ddp, lim),
             Step("train-resume", resume, lim, needs="train-torchrun"),
-            Step("predict", predict, a.limit("train", 60, 60), needs="train-resume"),
-            Step("export", export, a.limit("train", 90, 90), needs="train-resume")]
+            Step("predict", predict, 60, needs="train-resume"),
+            Step("export", export, 90, needs="train-resume")]
 
 
 # Running ------------------------------------------------------------------------------------
@@ -256,10 +262,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, help="default: cuda (cpu with --quick)")
     p.add_argument("--quick", action="store_true", help="toy sizes on the CPU: proves the suite")
-    p.add_argument("--budget-s", type=float, default=420,
-                   help="the whole suite's time limit in seconds (default: 420)")
-    p.add_argument("--parts", default="tests,layers,model,train",
-                   help="which parts, in this order (default: tests,layers,model,train)")
+    p.add_argument("--budget-s", type=float, default=480,
+                   help="the whole suite's time limit in seconds (default: 480)")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"which parts, in this order (default: {','.join(PARTS)})")
     p.add_argument("--repeats", type=int, default=20, help="layer benchmark timed runs")
     p.add_argument("--warmup", type=int, default=5, help="layer benchmark warm-up runs")
     p.add_argument("--out", type=Path, default=None,
@@ -286,7 +292,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-PARTS = {"tests": test_steps, "layers": layer_steps, "model": model_steps, "train": train_steps}
+# The order of a default run: what the README's tables need first, extras last.
+PARTS = {"tests": test_steps, "layers": layer_steps, "model": model_steps, "train": train_steps,
+         "layers-extra": layer_extra_steps}
 
 
 def dry_run(a: argparse.Namespace) -> int:
