@@ -24,17 +24,38 @@ from torch import Tensor
 
 __all__ = ["Float32AsymmetricLoss", "asymmetric_loss"]
 
+REDUCTIONS = ("sum", "batchmean", "mean", "none")
+
 
 class Float32AsymmetricLoss(AsymmetricLossMultiLabel):
     """:class:`timm.loss.AsymmetricLossMultiLabel` computed in float32 with autocast off.
 
     Under fp16, :math:`\\sigma(x)` rounds to 0 or 1 and the ``eps`` clamp no longer protects
     the log, giving NaN; older timm releases do not cast, and autocast may re-lower ops.
+
+    timm releases before the ``reduction`` argument (e.g. 1.0.29) always return the sum; there
+    ``reduction`` is applied here to timm's loss of each element (``vmap`` over batch and
+    classes), so every timm gives the same numbers.
     """
+
+    def __init__(self, *args, reduction_fallback: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reduction_fallback = reduction_fallback
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return super().forward(x.float(), y.float())
+            x, y = x.float(), y.float()
+            if self.reduction_fallback is None:
+                return super().forward(x, y)
+            loss = torch.func.vmap(torch.func.vmap(self._element_loss))(x, y)  # [B, N]
+        if self.reduction_fallback == "none":
+            return loss
+        if self.reduction_fallback == "batchmean":
+            return loss.sum() / x.shape[0]
+        return loss.mean() if self.reduction_fallback == "mean" else loss.sum()
+
+    def _element_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return AsymmetricLossMultiLabel.forward(self, x.reshape(1, 1), y.reshape(1, 1))
 
 
 def asymmetric_loss(
@@ -61,13 +82,12 @@ def asymmetric_loss(
 
     Called as ``loss(logits, targets)`` with ``[B, N]`` logits and multi-hot targets.
     """
-    params = inspect.signature(AsymmetricLossMultiLabel.__init__).parameters
-    if "reduction" in params:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"'reduction' must be one of {REDUCTIONS}, got {reduction!r}")
+    if "reduction" in inspect.signature(AsymmetricLossMultiLabel.__init__).parameters:
         kwargs["reduction"] = reduction
-    elif reduction != "sum":  # older timm releases: always the negative sum
-        raise ValueError(
-            f"this timm version's AsymmetricLossMultiLabel only sums; got reduction={reduction!r}"
-        )
+    elif reduction != "sum":  # older timm releases always sum: reduce each element ourselves
+        kwargs["reduction_fallback"] = reduction
     return Float32AsymmetricLoss(
         gamma_neg=gamma_neg,
         gamma_pos=gamma_pos,

@@ -79,3 +79,27 @@ def test_asl_finite_in_low_precision(batch, dtype):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("reduction", ["none", "batchmean", "mean", "sum"])
+def test_reductions_without_timm_reduction_argument(batch, reduction):
+    # timm releases before `reduction` (e.g. 1.0.29, on the GPU machines) always sum: the
+    # fallback reduces timm's per-element loss itself. Compare with the float64 formula.
+    from agcn_pyg.loss import Float32AsymmetricLoss
+
+    logits, targets = batch
+    loss_fn = Float32AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, eps=1e-8,
+                                    disable_torch_grad_focal_loss=True,
+                                    reduction_fallback=reduction)
+    if "reduction" in loss_fn.__dict__:
+        loss_fn.reduction = "sum"  # what an old timm does, whatever was asked
+    element = torch.tensor([[_asl_reference(logits[i, j], targets[i, j]) for j in range(10)]
+                            for i in range(16)])
+    expected = {"none": element, "sum": element.sum(), "mean": element.mean(),
+                "batchmean": element.sum() / 16}[reduction]
+    torch.testing.assert_close(loss_fn(logits, targets).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match="'reduction'"):
+        asymmetric_loss(reduction="avg")
