@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
@@ -48,12 +49,52 @@ def _first_few(items: Sequence[str]) -> str:
     return shown + (", ..." if len(items) > _MAX_NAMED else "")
 
 
+def _few_ids(ids) -> str:
+    """The first few of a set of ids, sorted (numbers before strings), unquoted."""
+    ordered = sorted(ids, key=lambda i: (not isinstance(i, (int, float)), str(i) if
+                                         not isinstance(i, (int, float)) else i))
+    shown = ", ".join(str(i) for i in ordered[:_MAX_NAMED])
+    return shown + (", ..." if len(ordered) > _MAX_NAMED else "")
+
+
 def read_rgb(path: str | os.PathLike) -> Image.Image:
     """Decodes a whole image file as RGB (grayscale, RGBA, palette, CMYK alike). The full
-    decode makes a truncated file fail here, not later in a transform."""
+    decode makes a truncated file fail here, not later in a transform.
+
+    16-bit and 32-bit grayscale (Pillow modes ``I;16``, ``I;16B``, ``I``, ``F``) are scaled
+    to 8 bits by their range rather than clipped, which would turn nearly every pixel of a
+    16-bit PNG white: see :func:`_wide_to_8bit`."""
     with Image.open(path) as img:
         img.load()
+        if img.mode.startswith("I") or img.mode == "F":
+            img = _wide_to_8bit(img, path)
         return img.convert("RGB")
+
+
+# The value ranges of 8- and 16-bit samples, tried in this order for modes that do not
+# declare one ("F" also tries [0, 1], the usual range of float images).
+_STANDARD_RANGES = ((0.0, 1.0), (0.0, 255.0), (0.0, 65535.0))
+
+
+def _wide_to_8bit(img: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """An ``L`` image from a 16/32-bit integer or float grayscale one.
+
+    ``I;16*`` modes declare 16-bit samples: ``0..65535`` maps to ``0..255`` (``v * 257``
+    back to ``v``, so a 16-bit copy of an 8-bit image reads as that image). ``I`` and ``F``
+    declare nothing (Pillow opens 16-bit PGMs as ``I``): their values are read in the
+    smallest of ``[0, 1]`` (``F`` only), ``[0, 255]`` and ``[0, 65535]`` that holds them,
+    and stretched from their own minimum to maximum when none does."""
+    values = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"image '{os.fspath(path)}' (mode {img.mode}) has NaN or infinite pixels")
+    if img.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        ranges = _STANDARD_RANGES if img.mode == "F" else _STANDARD_RANGES[1:]
+        low, high = next(((a, b) for a, b in ranges if a <= lo and hi <= b), (lo, hi))
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0.0
+    return Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8))  # mode L
 
 
 class _MultiLabelImageDataset(Dataset):
@@ -182,13 +223,9 @@ class CocoMultiLabel(_MultiLabelImageDataset):
         keep_empty: bool = False,
     ):
         super().__init__(transform)
-        from pycocotools.coco import COCO
-
         ann_file = _require_path(ann_file, "ann_file", is_dir=False)
         image_dir = _require_path(image_dir, "image_dir", is_dir=True)
-
-        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints timings
-            coco = COCO(ann_file)
+        coco = read_coco(ann_file)
 
         self.category_ids = sorted(coco.getCatIds())
         col = {cid: k for k, cid in enumerate(self.category_ids)}
@@ -211,6 +248,78 @@ class CocoMultiLabel(_MultiLabelImageDataset):
 
         keep = self._set_samples(paths, labels, names, f"'{ann_file}'")
         self.image_ids = [i for i, ok in zip(image_ids, keep.tolist(), strict=True) if ok]
+
+
+def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file") -> Any:
+    """Loads a COCO-format instances file (or its parsed dict) into a
+    :class:`pycocotools.coco.COCO`, with clear errors instead of pycocotools' ``KeyError``.
+
+    A file that is not JSON, a missing ``images``/``categories`` list or a record without
+    its ids raise :class:`ValueError` naming the file; so does an annotation whose
+    ``category_id`` is not among the ``categories`` (which label would it be?). Annotations
+    pointing to an image id that is not among the ``images`` are dropped, counted and
+    warned about, so that neither the dataset nor the label graph sees them.
+    """
+    from pycocotools.coco import COCO
+
+    if isinstance(ann_file, dict):
+        data, source = ann_file, f"'{arg}'"
+    else:
+        path = _require_path(ann_file, arg, is_dir=False)
+        source = f"'{path}'"
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"'{arg}': {source} is not a JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"'{arg}': {source} must hold a COCO JSON object with 'images', 'annotations' "
+            f"and 'categories' (got a JSON {type(data).__name__})"
+        )
+    for key, required in (("images", ("id", "file_name")), ("categories", ("id", "name")),
+                          ("annotations", ("image_id", "category_id"))):
+        if key not in data and key == "annotations":  # e.g. COCO's image_info_test files
+            continue
+        records = data.get(key)
+        if not isinstance(records, list):
+            raise ValueError(
+                f"'{arg}': {source} must have a list '{key}' (got "
+                f"{'nothing' if records is None else type(records).__name__})"
+            )
+        for i, r in enumerate(records):
+            if not isinstance(r, dict) or any(k not in r for k in required):
+                raise ValueError(
+                    f"'{arg}': {key}[{i}] in {source} must be an object with "
+                    f"{' and '.join(map(repr, required))} (got {str(r)[:80]})"
+                )
+
+    annotations = data.get("annotations", [])
+    category_ids = {c["id"] for c in data["categories"]}
+    unknown = {a["category_id"] for a in annotations} - category_ids
+    if unknown:
+        count = sum(a["category_id"] not in category_ids for a in annotations)
+        raise ValueError(
+            f"'{arg}': {count} annotation(s) in {source} have category_id "
+            f"{_few_ids(unknown)}, which is not among its 'categories' (ids "
+            f"{_few_ids(category_ids)})"
+        )
+    image_ids = {img["id"] for img in data["images"]}
+    orphans = [a for a in annotations if a["image_id"] not in image_ids]
+    if orphans:
+        missing = {a["image_id"] for a in orphans}
+        warnings.warn(
+            f"{len(orphans)} of {len(annotations)} annotations in {source} point to image "
+            f"ids that are not among its 'images' and were ignored: {_few_ids(missing)}",
+            stacklevel=2,
+        )
+        data = {**data, "annotations": [a for a in annotations if a["image_id"] in image_ids]}
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco
 
 
 def _read_label_names(path: str) -> list[str]:

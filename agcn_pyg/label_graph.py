@@ -237,16 +237,12 @@ def label_graph_from_coco(ann_file_or_coco: Any) -> LabelGraph:
     """
     from pycocotools.coco import COCO
 
+    from agcn_pyg.data import read_coco
+
     if isinstance(ann_file_or_coco, COCO):
         coco = ann_file_or_coco
-    elif isinstance(ann_file_or_coco, dict):
-        coco = COCO()
-        coco.dataset = ann_file_or_coco
-        coco.createIndex()
-    else:
-        if not os.path.isfile(ann_file_or_coco):
-            raise FileNotFoundError(f"COCO annotation file not found: {ann_file_or_coco}")
-        coco = COCO(os.fspath(ann_file_or_coco))
+    else:  # the datasets' reader: clear errors, annotations of unknown images dropped
+        coco = read_coco(ann_file_or_coco, "ann_file_or_coco")
 
     cat_ids = sorted(coco.getCatIds())
     index = {cat_id: k for k, cat_id in enumerate(cat_ids)}
