@@ -353,6 +353,9 @@ class AdaptiveGCNConv(MessagePassing):
     def _dense_forward(self, x: Tensor, adj: Tensor, h: Tensor, return_attention_weights):
         self._check_dense(x, adj)
         n = x.size(0)
+        if n == 0:  # no nodes, as the sparse path: an empty output (an empty amax is an error)
+            out = h if self.bias is None else h + self.bias
+            return (out, adj.to(x.dtype)) if return_attention_weights else out
         coef = adj.to(x.dtype)
         if self.attention:
             s_src, s_dst = self._attention_scores(x)
@@ -442,6 +445,15 @@ class AdaptiveGCNConv(MessagePassing):
                 f"'x' has {x.size(-1)} features per node but {self} was built for "
                 f"{in_channels}"
             )
+        weight = self.lin.weight
+        if (not isinstance(weight, UninitializedParameter) and x.dtype != weight.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
+            # No silent cast: convert one side, or let autocast choose per operation.
+            raise TypeError(
+                f"'x' is {x.dtype} but the weights of {self} are {weight.dtype}: convert "
+                f"one to the other (x.to(...) or conv.to(...)) or run under torch.autocast"
+            )
+        _check_finite("x", x)
 
     def _check_dense(self, x: Tensor, adj: Tensor):
         n = x.size(0)
@@ -450,6 +462,7 @@ class AdaptiveGCNConv(MessagePassing):
                 f"dense adjacency 'edge_index' must be [N, N] with N = x.size(0) = {n} "
                 f"(got shape {list(adj.shape)})"
             )
+        _check_finite("edge_index", adj)
 
     def _edge_index_and_weight(
         self, x: Tensor, edge_index: Adj, edge_weight: OptTensor
@@ -482,6 +495,7 @@ class AdaptiveGCNConv(MessagePassing):
         if edge_weight is None:
             edge_weight = x.new_ones(edge_index.size(1))
         else:
+            _check_finite("edge_weight", edge_weight)  # or the sparse adjacency's values
             edge_weight = edge_weight.to(x.dtype)
 
         if self.add_self_loops:
@@ -532,6 +546,18 @@ def _check_edge_index(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int
                 f"'edge_index' holds node indices in [{low}, {high}], outside [0, {num_nodes - 1}] "
                 f"for x with {num_nodes} nodes"
             )
+
+
+def _check_finite(name: str, t: Tensor):
+    # One reduction, but reading it synchronises the device: skipped while compiling (a
+    # graph break) or capturing a CUDA graph (where reading values is an error).
+    if is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(
+            f"'{name}' must hold finite values (got {int(t.isnan().sum())} NaN and "
+            f"{int(t.isinf().sum())} infinite entries in shape {list(t.shape)})"
+        )
 
 
 def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, n: int):

@@ -69,6 +69,8 @@ class MultiLabelHead(nn.Module):
         **conv_kwargs,
     ):
         super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"'num_labels' must be at least 1 (got {num_labels})")
         adj = torch.as_tensor(adj)
         if adj.shape != (num_labels, num_labels):
             raise ValueError(
@@ -85,6 +87,8 @@ class MultiLabelHead(nn.Module):
                 f"'node_features' must be [num_labels, d] with num_labels = {num_labels} "
                 f"(got {list(node_features.shape)})"
             )
+        if not torch.isfinite(node_features).all():
+            raise ValueError("'node_features' contains NaN or infinite entries")
 
         self.in_features = in_features
         self.num_labels = num_labels
