@@ -9,6 +9,7 @@ matrix product, and needs neither PyG nor agcn_pyg to run.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from agcn_pyg.checkpoint import atomic_write
 from agcn_pyg.model import MLAGCN
 
 __all__ = ["METADATA_FILE", "ServingModel", "export_model", "load_exported"]
@@ -63,7 +65,9 @@ def export_model(
 
     The archive also holds :data:`METADATA_FILE`, JSON with ``label_names`` and
     ``data_config`` (input size, mean, std, interpolation), i.e. what a server needs to
-    preprocess images and name the outputs; read it back with :func:`load_exported`.
+    preprocess images and name the outputs; read it back with :func:`load_exported`. The
+    file is written atomically (:func:`~agcn_pyg.checkpoint.atomic_write`): interrupted or
+    out of disk space, the previous file at ``path`` stays as it was.
 
     Args:
         checkpoint: A checkpoint path or dict (see :mod:`agcn_pyg.checkpoint`), or an
@@ -107,15 +111,18 @@ def export_model(
         )
 
     if path is not None:
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         metadata = dict(
             label_names=list(label_names),
             data_config=data_config,
             input_size=list(size),
             outputs="logits",
         )
-        torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(metadata)})
+        # Serialised in memory first: torch's archive writer aborts the process when its
+        # file fails mid-write (a full disk), so only Python writes the file, atomically.
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
+        with atomic_write(path) as f:
+            f.write(buffer.getbuffer())
     return program
 
 

@@ -8,6 +8,7 @@ the batch: it is reported with a warning naming it, and its record carries an ``
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -18,12 +19,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from agcn_pyg.checkpoint import atomic_write
 from agcn_pyg.data import read_rgb
 from agcn_pyg.model import MLAGCN
 from agcn_pyg.transforms import build_transforms
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "check_options",
     "eval_transform",
     "find_images",
     "load_for_inference",
@@ -147,6 +150,31 @@ def _select(probs: Tensor, threshold: float, top_k: int | None, fallback_k: int)
     return order[:passing] if passing else order[:fallback_k]
 
 
+def check_options(
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    fallback_k: int = 5,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.device:
+    """Checks the options of :func:`predict` (a :class:`ValueError` naming the bad one), so
+    that a tool can check them before it reads a checkpoint; returns the device."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"'threshold' must be a probability in [0, 1] (got {threshold})")
+    for name, value, low in (("top_k", top_k, 1), ("fallback_k", fallback_k, 1),
+                             ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"'{name}' must be at least {low} (got {value})")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"'device': {device!r} is not a device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"'device' is {device}, but CUDA is not available here")
+    return device
+
+
 @torch.no_grad()
 def predict(
     checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN,
@@ -186,15 +214,7 @@ def predict(
         (:obj:`None`, or why the file could not be read; its other fields are then empty
         and :obj:`None`). Each unreadable file also raises a :class:`UserWarning` naming it.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"'threshold' must be a probability in [0, 1] (got {threshold})")
-    for name, value in (("top_k", top_k), ("fallback_k", fallback_k), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"'{name}' must be at least 1 (got {value})")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"'device' is {device}, but CUDA is not available here")
-
+    device = check_options(threshold, top_k, fallback_k, batch_size, num_workers, device)
     files = find_images(paths)
     model, names, data_config = load_for_inference(checkpoint, use_ema=use_ema)
     model = model.to(device).eval()
@@ -250,25 +270,23 @@ def write_json(
             for r in records]
     out: Any = rows if label_names is None else dict(label_names=list(label_names),
                                                      predictions=rows)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    text = json.dumps(out, indent=1, ensure_ascii=False) + "\n"
+    with atomic_write(path) as f:  # an interrupted write keeps the previous file
+        f.write(text.encode("utf-8"))
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
     """Writes one row per image: ``path``, ``labels`` and ``scores`` (``;``-separated, most
     probable first) and ``error`` (empty when the image was read)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "labels", "scores", "error"])
-        for r in records:
-            writer.writerow([
-                r["path"],
-                ";".join(r["labels"]),
-                ";".join(f"{s:.6f}" for s in r["scores"]),
-                r["error"] or "",
-            ])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "labels", "scores", "error"])
+    for r in records:
+        writer.writerow([
+            r["path"],
+            ";".join(r["labels"]),
+            ";".join(f"{s:.6f}" for s in r["scores"]),
+            r["error"] or "",
+        ])
+    with atomic_write(path) as f:  # an interrupted write keeps the previous file
+        f.write(text.getvalue().encode("utf-8"))

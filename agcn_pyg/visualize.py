@@ -15,6 +15,7 @@ co-occurrences that the thresholded graph would have dropped.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from agcn_pyg.checkpoint import atomic_write
 from agcn_pyg.head import MultiLabelHead
 from agcn_pyg.model import MLAGCN
 
@@ -234,8 +236,8 @@ def plot_learned_graphs(
                 ax.set_ylabel("target label i (aggregates row i)", fontsize=8)
     if path is not None:
         path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        with atomic_write(path) as f:  # an interrupted write keeps the previous figure
+            fig.savefig(f, dpi=dpi, format=os.path.splitext(path)[1][1:] or None)
     return fig
 
 
@@ -321,14 +323,14 @@ def _md(text: str) -> str:
 def edges_to_csv(edges: Sequence[Edge], path: str | os.PathLike) -> None:
     """Writes one row per edge: ``layer``, ``target``, ``rank``, ``source``,
     ``weight`` (A+B+C), ``A``, ``B``, ``C`` (empty when switched off), ``below_tau``."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(Edge._fields)
-        for e in edges:
-            writer.writerow([
-                e.layer, e.target, e.rank, e.source, f"{e.weight:.6g}", f"{e.A:.6g}",
-                "" if e.B is None else f"{e.B:.6g}", "" if e.C is None else f"{e.C:.6g}",
-                int(e.below_tau),
-            ])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(Edge._fields)
+    for e in edges:
+        writer.writerow([
+            e.layer, e.target, e.rank, e.source, f"{e.weight:.6g}", f"{e.A:.6g}",
+            "" if e.B is None else f"{e.B:.6g}", "" if e.C is None else f"{e.C:.6g}",
+            int(e.below_tau),
+        ])
+    with atomic_write(path) as f:  # an interrupted write keeps the previous table
+        f.write(text.getvalue().encode("utf-8"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from agcn_pyg.cli import check_output_file, read_checkpoint, run
 from agcn_pyg.export import export_model, load_exported
 
 
@@ -28,11 +29,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ema", action="store_true", help="ignore the EMA weights")
     args = parser.parse_args(argv)
 
-    export_model(args.checkpoint, args.input_size, args.output, use_ema=not args.no_ema)
-    _, meta = load_exported(args.output)
-    print(f"wrote {args.output}: {len(meta['label_names'])} labels, input "
-          f"{tuple(meta['input_size'])}, dynamic batch, outputs logits")
-    return 0
+    def export() -> int:
+        check_output_file(args.output, "output")  # before the minutes torch.export takes
+        state = read_checkpoint(args.checkpoint)
+        export_model(state, args.input_size, args.output, use_ema=not args.no_ema)
+        _, meta = load_exported(args.output)
+        print(f"wrote {args.output}: {len(meta['label_names'])} labels, input "
+              f"{tuple(meta['input_size'])}, dynamic batch, outputs logits")
+        return 0
+
+    return run(export, parser.prog)
 
 
 if __name__ == "__main__":

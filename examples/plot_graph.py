@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from agcn_pyg.checkpoint import load_checkpoint
+from agcn_pyg.checkpoint import atomic_write
+from agcn_pyg.cli import check_output_folder, read_checkpoint, run
 from agcn_pyg.visualize import (
     MLGCN_TAU,
     edges_to_csv,
@@ -42,24 +43,29 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ema", action="store_true", help="ignore the EMA weights")
     args = parser.parse_args(argv)
 
-    state = load_checkpoint(args.checkpoint)
-    use_ema = not args.no_ema
-    os.makedirs(args.out, exist_ok=True)
+    def plot() -> int:
+        if args.top_k < 1:
+            raise ValueError(f"'--top-k' must be at least 1 (got {args.top_k})")
+        check_output_folder(args.out, "--out")
+        state = read_checkpoint(args.checkpoint)
+        use_ema = not args.no_ema
+        os.makedirs(args.out, exist_ok=True)
 
-    png = os.path.join(args.out, "graphs.png")
-    plot_learned_graphs(state, labels=args.labels, path=png, max_ticks=args.max_ticks,
-                        diagonal=not args.hide_diagonal, use_ema=use_ema)
-    edges = strongest_edges(state, top_k=args.top_k, labels=args.labels, tau=args.tau,
-                            use_ema=use_ema)
-    table = edges_to_markdown(edges, tau=args.tau)
-    with open(os.path.join(args.out, "strongest_edges.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    edges_to_csv(edges, os.path.join(args.out, "strongest_edges.csv"))
+        png = os.path.join(args.out, "graphs.png")
+        plot_learned_graphs(state, labels=args.labels, path=png, max_ticks=args.max_ticks,
+                            diagonal=not args.hide_diagonal, use_ema=use_ema)
+        edges = strongest_edges(state, top_k=args.top_k, labels=args.labels, tau=args.tau,
+                                use_ema=use_ema)
+        table = edges_to_markdown(edges, tau=args.tau)
+        with atomic_write(os.path.join(args.out, "strongest_edges.md")) as f:
+            f.write(table.encode("utf-8"))
+        edges_to_csv(edges, os.path.join(args.out, "strongest_edges.csv"))
 
-    print(table)
-    print(f"wrote {png}, strongest_edges.md and strongest_edges.csv to {args.out}")
-    return 0
+        print(table)
+        print(f"wrote {png}, strongest_edges.md and strongest_edges.csv to {args.out}")
+        return 0
 
+    return run(plot, parser.prog)
 
 if __name__ == "__main__":
     raise SystemExit(main())

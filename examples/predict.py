@@ -15,8 +15,8 @@ import argparse
 import sys
 import warnings
 
-from agcn_pyg.checkpoint import load_checkpoint
-from agcn_pyg.predict import predict, write_csv, write_json
+from agcn_pyg.cli import check_output_file, read_checkpoint, run
+from agcn_pyg.predict import check_options, find_images, predict, write_csv, write_json
 
 
 def main(argv=None) -> int:
@@ -43,29 +43,43 @@ def main(argv=None) -> int:
 
         tqdm.write(f"warning: {message}", file=sys.stderr)
 
-    warnings.showwarning = warn
-    state = load_checkpoint(args.checkpoint)
-    records = predict(
-        state, args.inputs, threshold=args.threshold, top_k=args.top_k,
-        batch_size=args.batch_size, device=args.device, use_ema=not args.no_ema,
-        num_workers=args.workers, progress=not args.quiet,
-    )
+    def check_args() -> list[str]:
+        """Everything that can be checked before the checkpoint is read and the first image
+        is scored, so that a typo does not cost a whole run; returns the image files."""
+        check_options(args.threshold, args.top_k, batch_size=args.batch_size,
+                      num_workers=args.workers, device=args.device)
+        for flag, path in (("--json", args.json), ("--csv", args.csv)):
+            if path is not None:
+                check_output_file(path, flag)
+        return find_images(args.inputs)  # every input must exist
 
-    for r in records:
-        if r["error"] is not None:
-            print(f"{r['path']}\tERROR {r['error']}")
-        else:
-            shown = ", ".join(f"{n} {s:.3f}" for n, s in zip(r["labels"], r["scores"], strict=True))
-            print(f"{r['path']}\t{shown}")
-    if args.json:
-        names = state["label_names"] if args.all_scores else None
-        write_json(records, args.json, label_names=names, probabilities=args.all_scores)
-    if args.csv:
-        write_csv(records, args.csv)
-    failed = sum(r["error"] is not None for r in records)
-    print(f"{len(records) - failed} images predicted, {failed} unreadable", file=sys.stderr)
-    return 0
+    def predict_all() -> int:
+        files = check_args()
+        state = read_checkpoint(args.checkpoint)
+        warnings.showwarning = warn
+        records = predict(
+            state, files, threshold=args.threshold, top_k=args.top_k,
+            batch_size=args.batch_size, device=args.device, use_ema=not args.no_ema,
+            num_workers=args.workers, progress=not args.quiet,
+        )
 
+        for r in records:
+            if r["error"] is not None:
+                print(f"{r['path']}\tERROR {r['error']}")
+            else:
+                shown = ", ".join(f"{n} {s:.3f}"
+                                  for n, s in zip(r["labels"], r["scores"], strict=True))
+                print(f"{r['path']}\t{shown}")
+        if args.json:
+            names = state["label_names"] if args.all_scores else None
+            write_json(records, args.json, label_names=names, probabilities=args.all_scores)
+        if args.csv:
+            write_csv(records, args.csv)
+        failed = sum(r["error"] is not None for r in records)
+        print(f"{len(records) - failed} images predicted, {failed} unreadable", file=sys.stderr)
+        return 0
+
+    return run(predict_all, parser.prog)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -91,7 +91,7 @@ def test_threshold_top_k_and_ema(ckpt, folder):
     with pytest.raises(ValueError, match="'threshold'"):
         predict(ckpt, files, threshold=1.5)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
+        with pytest.raises(ValueError, match="CUDA"):
             predict(ckpt, files, device="cuda")
 
 
