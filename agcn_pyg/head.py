@@ -139,8 +139,10 @@ class MultiLabelHead(nn.Module):
 
     def compile_classifiers(self, **compile_kwargs) -> MultiLabelHead:
         """Runs :meth:`classifiers` (the graph layers) through :func:`torch.compile`: fewer,
-        fused kernels for a training step, where the head's cost is launch overhead. The
-        eval cache stays eager. Call it on the model that trains, after copying it for EMA."""
+        fused kernels for a training step, where the head's cost is launch overhead; on CUDA,
+        ``mode="reduce-overhead"`` replays the whole computation as CUDA graphs (the head
+        does not depend on the batch, so one graph serves every step). Call it on the model
+        that trains, after copying it for EMA."""
         self.classifiers = torch.compile(self.classifiers, **compile_kwargs)
         return self
 
@@ -170,7 +172,9 @@ class MultiLabelHead(nn.Module):
                 for (ref, version), t in zip(key, state, strict=True)
             ):
                 return classifiers
-        classifiers = self.classifiers()
+        # A copy: under CUDA graphs (compile mode "reduce-overhead") the output's memory is
+        # reused by the next replay.
+        classifiers = self.classifiers().clone()
         self._cache = ([(weakref.ref(t), t._version) for t in state], classifiers)
         return classifiers
 

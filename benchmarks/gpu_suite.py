@@ -115,6 +115,20 @@ def model_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     return [Step("model", argv, a.limit("model", 120, 180))]
 
 
+def cudagraph_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """CUDA graphs (torch.compile mode "reduce-overhead") where launches dominate: the head's
+    classifiers in a training step, and the dense layer at small N."""
+    if a.quick:  # CUDA graphs need a GPU; on the CPU this mode only compiles
+        return []
+    model = [PY, "benchmarks/model.py", "--device", a.device, "--compile-head", "--compile-mode",
+             "reduce-overhead", "--repeats", "10", "--warmup", "3",
+             "--out", str(out / "model-cudagraphs")]
+    layers = [*_layers_base(a), "--dtype", "fp32", "--compile", "--shapes", "hidden", "--sizes",
+              "80,500,2000", "--layers", "agcn_dense,agcn_dense_cudagraph,dense_gat",
+              "--out", str(out / "layers-cudagraphs")]
+    return [Step("model-cudagraphs", model, 150), Step("layers-cudagraphs", layers, 120)]
+
+
 def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     """A short real run, then torchrun (NCCL on CUDA, gloo on the CPU) for one epoch, its
     resume, and predict + export of the result. Run folders live in ``a.scratch`` (checkpoints
@@ -294,7 +308,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # The order of a default run: what the README's tables need first, extras last.
 PARTS = {"tests": test_steps, "layers": layer_steps, "model": model_steps, "train": train_steps,
-         "layers-extra": layer_extra_steps}
+         "cudagraphs": cudagraph_steps, "layers-extra": layer_extra_steps}
 
 
 def dry_run(a: argparse.Namespace) -> int:

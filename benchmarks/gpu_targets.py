@@ -53,7 +53,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def dense_targets(out: Path) -> list[dict]:
     rows = []
     for run, layer in (("layers-fp32", "agcn_dense"), ("layers-tf32", "agcn_dense"),
-                       ("layers-bf16", "agcn_dense"), ("layers-compile", "agcn_dense_compile")):
+                       ("layers-bf16", "agcn_dense"), ("layers-compile", "agcn_dense_compile"),
+                       ("layers-cudagraphs", "agcn_dense_cudagraph")):
         data = read_rows(out / run / "layers.csv")
         if not data:
             continue
@@ -89,7 +90,13 @@ def scale_targets(out: Path) -> list[dict]:
 
 
 def head_targets(out: Path) -> list[dict]:
-    data = read_rows(out / "model" / "model.csv")
+    rows = []
+    for run in ("model", "model-cudagraphs"):
+        rows += _head_rows(read_rows(out / run / "model.csv"), run)
+    return rows or [_row("head overhead", "model.csv missing", None, HEAD_BARS["train"], " %")]
+
+
+def _head_rows(data: list[dict], run: str) -> list[dict]:
     rows = []
     for r in data:
         if r["head"] == "linear":
@@ -97,9 +104,9 @@ def head_targets(out: Path) -> list[dict]:
         value = float(r["time_overhead_pct"]) if r["status"] == "ok" else None
         compiled = " compiled" if r["compiled"] == "True" else ""
         rows.append(_row(f"head overhead, {r['mode']}",
-                         f"{r['layers']} layer(s){compiled}, {r['model']} {r['img_size']} "
+                         f"{run}: {r['layers']} layer(s){compiled}, {r['model']} {r['img_size']} "
                          f"b{r['batch_size']} {r['dtype']}", value, HEAD_BARS[r["mode"]], " %"))
-    return rows or [_row("head overhead", "model.csv missing", None, HEAD_BARS["train"], " %")]
+    return rows
 
 
 def check_targets(out: Path) -> list[dict]:

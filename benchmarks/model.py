@@ -153,6 +153,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="add rows with torch.compile on the head's classifiers() (backbone eager)",
     )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of the --compile-head rows, e.g. reduce-overhead (CUDA graphs) "
+        "(default: torch's default mode)",
+    )
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps of each head first")
     p.add_argument(
@@ -228,12 +234,12 @@ def build_model(head: Head, args, adj: Tensor, device: torch.device) -> nn.Modul
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if head.compiled:
-        compile_classifiers(head_of(model))
+        compile_classifiers(head_of(model), args.compile_mode)
     return model
 
 
-def compile_classifiers(head: MultiLabelHead) -> None:
-    head.compile_classifiers(dynamic=False)
+def compile_classifiers(head: MultiLabelHead, mode: str | None = None) -> None:
+    head.compile_classifiers(dynamic=False, mode=mode)
 
 
 def count_classifier_calls(head: nn.Module) -> list[int]:
@@ -413,7 +419,7 @@ def measure_head(h: Head, x: Tensor, grad: Tensor, adj: Tensor, args, device) ->
         hidden = (1024,) * (h.layers - 1)  # as create_model builds it
         head = MultiLabelHead(d, args.num_labels, adj, hidden_channels=hidden).to(device)
         if h.compiled:
-            compile_classifiers(head)
+            compile_classifiers(head, args.compile_mode)
     opt = torch.optim.Adam(head.parameters(), lr=1e-4)
     dtype = DTYPES[args.dtype]
     autocast = lambda: torch.autocast(device.type, dtype, enabled=dtype is not None)  # noqa: E731

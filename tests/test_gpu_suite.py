@@ -77,8 +77,8 @@ def test_targets_from_csvs(tmp_path):
     assert got[("dense vs DenseGATConv", "layers-fp32, N=2000")] == "n/a"
     assert got[("dense vs DenseGATConv", "layers-fp32, N=10000")] == "n/a"
     assert got[("edge_index vs GATConv", "sparse N=10000")] == "PASS"
-    assert got[("head overhead", "1 layer(s), m 448 b64 bf16")] == "MISS"
-    assert got[("head overhead", "1 layer(s) compiled, m 448 b64 bf16")] == "PASS"
+    assert got[("head overhead", "model: 1 layer(s), m 448 b64 bf16")] == "MISS"
+    assert got[("head overhead", "model: 1 layer(s) compiled, m 448 b64 bf16")] == "PASS"
     assert got[("complete path (sparse A) vs DenseGATConv", "N=10000")] == "n/a"
 
 
