@@ -1,0 +1,424 @@
+r"""ML-AGCN on the complete graph in :math:`O(N \log N)`: eq. 3-7 over every pair of nodes,
+exactly, without an :obj:`[N, N]` matrix.
+
+ML-AGCN's attention graph :math:`\mathbf{B}` (eq. 4-6) and similarity graph :math:`\mathbf{C}`
+(eq. 7) range over all label pairs. Written as matrices they cost :math:`O(N^2)` time and memory,
+which rules out label sets of :math:`10^5` or :math:`10^6` labels. Neither needs the matrix:
+
+* **B (eq. 4-6), sorted.** The score of source :math:`j` at target :math:`i` is
+  :math:`e_{ij} = \mathrm{LeakyReLU}(s_i + t_j)` with :math:`s = \mathbf{X}\mathbf{\Theta}_d^\top
+  \mathbf{a}_d` and :math:`t = \mathbf{X}\mathbf{\Theta}_s^\top\mathbf{a}_s` (eq. 4 split in its
+  target and source halves). LeakyReLU is monotone, so once the sources are sorted by
+  :math:`t`, the sources with :math:`s_i + t_j > 0` are a suffix of that order (found by
+  :func:`torch.searchsorted`) and have :math:`\exp(e_{ij}) = \exp(s_i)\exp(t_j)`; the others
+  are a prefix with :math:`\exp(e_{ij}) = \exp(\lambda s_i)\exp(\lambda t_j)`
+  (:math:`\lambda` the negative slope). So :math:`\sum_j \exp(e_{ij})\mathbf{h}_j` and the
+  normaliser :math:`Z_i` (eq. 5) are a suffix sum and a prefix sum of per-source terms, each
+  scaled by a per-target factor. Everything is scaled by the row maximum
+  :math:`m_i = \mathrm{LeakyReLU}(s_i + \max_j t_j)`, so no factor exceeds 1: nothing
+  overflows, and what underflows is negligible in its row. Eq. 6's
+  :math:`\max_k \alpha_{ik}` is the weight of the source with the largest :math:`t`, i.e.
+  :math:`1 / Z_i` after that scaling. One sort, two cumulative sums over :obj:`[N, F]` and
+  gathers: :math:`O(N \log N + N F)` time, :math:`O(N F)` memory.
+* **C (eq. 7), factored.** :math:`\mathbf{C}\mathbf{H} = \hat{\mathbf{X}}(\hat{\mathbf{X}}^\top
+  \mathbf{H})` costs :math:`O(N d F)` (in :class:`~agcn_pyg.AdaptiveGCNConv`).
+* **A**, the co-occurrence graph, is sparse for large label sets and is applied as a sparse
+  product, :math:`O(\mathrm{nnz} \cdot F)`: :func:`adjacency_matmul`.
+
+The cumulative sums accumulate in float64 (float32 sums over :math:`10^6` rows would lose
+digits; see :func:`_accumulate_dtype` and ``benchmarks/NOTES.md`` for the measured errors), and
+the attention runs in at least float32 under autocast. The backward pass is written out
+(:class:`_SortedAttention`): autograd keeps :math:`\mathbf{H}` and two :obj:`[N, F]` tensors
+instead of the dozen buffers of the forward's cumulative sums.
+
+:func:`complete_attention` is the entry point; :class:`CompleteGraphParts` holds what defines
+the three graphs at any size and builds rows of them on demand.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch_geometric import is_compiling
+
+__all__ = ["CompleteGraphParts", "SparseAdjacency", "adjacency_matmul", "complete_attention"]
+
+
+def _accumulate_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the cumulative sums' buffers.
+
+    A float32 cumulative sum over 10^6 rows that accumulates in float32 loses up to ~3 of 7
+    digits. CPU's :func:`torch.cumsum` accumulates float32 in float64 and rounds each stored
+    prefix once (``at::acc_type<float, false>`` is ``double``), so float32 buffers are exact
+    to ~1e-7 there and 3x faster than float64 ones (``benchmarks/NOTES.md``); CUDA's
+    accumulates in float32, and a compiled scan may too: float64 buffers there.
+    """
+    if dtype == torch.float64:
+        return torch.float64
+    if device.type == "cpu" and not is_compiling():
+        return torch.float32
+    return torch.float64
+
+
+def complete_attention(
+    h: Tensor,
+    s_dst: Tensor,
+    s_src: Tensor,
+    negative_slope: float = 0.2,
+    has_loop: Tensor | None = None,
+    accumulate_dtype: torch.dtype | None = None,
+) -> Tensor:
+    r"""Aggregates :obj:`h` with ML-AGCN's attention graph :math:`\mathbf{B}` over the complete
+    graph (eq. 4-6), in :math:`O(N \log N + N F)`:
+
+    .. math::
+        \mathbf{o}_i = \sum_{j \in \mathcal{N}(i)} \alpha_{ij}\mathbf{h}_j
+        + [i \in \mathcal{N}(i)] \max_{k} \alpha_{ik} \, \mathbf{h}_i, \qquad
+        \alpha_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
+        \mathrm{LeakyReLU}(s_i + t_j),
+
+    where :math:`\mathcal{N}(i)` holds every node, :math:`i` itself only where
+    :obj:`has_loop` is set.
+
+    Args:
+        h (torch.Tensor): Source features :math:`\mathbf{\Theta}\mathbf{x}_j`, :obj:`[N, F]`.
+        s_dst (torch.Tensor): Target halves :math:`s_i` of eq. 4's score, :obj:`[N]`.
+        s_src (torch.Tensor): Source halves :math:`t_j`, :obj:`[N]`.
+        negative_slope (float, optional): LeakyReLU's slope :math:`\lambda`, in
+            :math:`(0, 1]` (monotone, and at most the identity: what the sorting and the
+            scaling need). (default: :obj:`0.2`)
+        has_loop (torch.Tensor, optional): :obj:`[N]` booleans, whether node :math:`i` has its
+            self-loop (eq. 6's self term needs it). (default: :obj:`None`, every node has it)
+        accumulate_dtype (torch.dtype, optional): dtype of the cumulative sums.
+            (default: :obj:`None`: float64, or float32 on the CPU in eager mode, whose
+            :func:`torch.cumsum` accumulates float32 in float64; see :func:`_accumulate_dtype`)
+
+    Returns:
+        :obj:`[N, F]` in :obj:`h`'s dtype, or float32 for float16/bfloat16 input (the
+        attention is computed in at least float32, under autocast too).
+    """
+    _check_inputs(h, s_dst, s_src, negative_slope, has_loop)
+    n = h.size(0)
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    with torch.autocast(h.device.type, enabled=False):
+        h, s, t = h.to(dtype), s_dst.to(dtype), s_src.to(dtype)
+        if n == 0:
+            return h * 0.0
+        acc = accumulate_dtype or _accumulate_dtype(dtype, h.device)
+        if has_loop is None:
+            return _SortedAttention.apply(h, s, t, None, float(negative_slope), acc)
+        # A node without its self-loop whose t is the unique maximum loses its row maximum:
+        # its normaliser cannot be had by subtracting its own term from Z_i = 1 + tiny.
+        # Its row (one node: the argmax of t) is computed directly, in O(N F).
+        top = t.argmax().view(1)
+        loop = has_loop.index_fill(0, top, True)
+        out = _SortedAttention.apply(h, s, t, loop, float(negative_slope), acc)
+        row = _attention_rows(h, s.index_select(0, top), t, top, has_loop, negative_slope)
+        return out.index_copy(0, top, row)
+
+
+def _check_inputs(h, s_dst, s_src, negative_slope, has_loop):
+    if h.dim() != 2:
+        raise ValueError(f"'h' must be [N, F] (got shape {list(h.shape)})")
+    n = h.size(0)
+    for name, v in (("s_dst", s_dst), ("s_src", s_src)):
+        if v.shape != (n,):
+            raise ValueError(f"'{name}' must be [N] = [{n}] to match 'h' (got {list(v.shape)})")
+    if not 0.0 < negative_slope <= 1.0:
+        raise ValueError(
+            "'negative_slope' must be in (0, 1] on the complete graph's sorted path: the "
+            "sources are ordered by score, which needs a strictly increasing LeakyReLU, and "
+            f"the row-maximum scaling needs LeakyReLU(z) >= z (got {negative_slope})"
+        )
+    if has_loop is not None and (has_loop.shape != (n,) or has_loop.dtype != torch.bool):
+        raise ValueError(
+            f"'has_loop' must be a bool tensor of shape [{n}] (got {has_loop.dtype} "
+            f"{list(has_loop.shape)})"
+        )
+
+
+def _leaky(z: Tensor, slope: float) -> Tensor:
+    return torch.where(z > 0, z, slope * z)
+
+
+def _split_sums(keys: Tensor, values: Tensor, w_pos: Tensor, w_neg: Tensor, queries: Tensor):
+    r"""For every query :math:`q`, the two sums
+    :math:`\sum_{r: k_r > q} w^+_r \mathbf{v}_r` and :math:`\sum_{r: k_r \le q} w^-_r
+    \mathbf{v}_r`, by sorting the keys once and taking cumulative sums (both :obj:`[Q, C]`)."""
+    n = keys.numel()
+    sorted_keys, order = keys.sort()
+    split = torch.searchsorted(sorted_keys, queries, right=True)  # number of keys <= q
+    # One [n + 1, C] buffer, a zero row first: row r holds the sum of the first r terms.
+    buf = values.new_zeros(n + 1, values.size(1))
+    rest = buf[1:]
+    reverse = order.flip(0)
+    torch.index_select(values, 0, reverse, out=rest)
+    rest.mul_(w_pos.index_select(0, reverse).unsqueeze(-1))
+    buf.cumsum_(0)
+    above = buf.index_select(0, n - split)  # the n - split largest keys
+    torch.index_select(values, 0, order, out=rest)
+    rest.mul_(w_neg.index_select(0, order).unsqueeze(-1))
+    buf.cumsum_(0)
+    below = buf.index_select(0, split)
+    return above, below
+
+
+def _take_self_terms(above: Tensor, below: Tensor, w_self: Tensor, positive: Tensor, v: Tensor):
+    """Removes the j = i term, w_self * v, from the part (above or below) it was summed in."""
+    above.sub_((w_self * positive).unsqueeze(-1) * v)
+    below.sub_((w_self * ~positive).unsqueeze(-1) * v)
+
+
+class _SortedAttention(torch.autograd.Function):
+    """out = B h over the complete graph (eq. 4-6); forward and backward by sorted sums.
+
+    The backward pass sorts the targets by s and aggregates the gradient from targets to
+    sources in the same way. Saved: h, s, t, two [N, F] and two [N] tensors.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, h: Tensor, s: Tensor, t: Tensor, loop: Tensor | None, slope: float, acc: torch.dtype
+    ):
+        n, f = h.shape
+        s64, t64 = s.to(acc), t.to(acc)
+        top = t64.max()
+        m = _leaky(s64 + top, slope)  # the row maximum of e_ij (eq. 4): LeakyReLU is monotone
+        # Positive part (s_i + t_j > 0): exp(e_ij - m_i) = exp(t_j - top), since m_i = s_i + top
+        # there. Negative part: exp(slope (t_j - top)) * exp(slope (s_i + top) - m_i). All <= 1.
+        values = torch.cat([h.to(acc), h.new_ones(n, 1, dtype=acc)], dim=1)
+        above, below = _split_sums(
+            t64, values, torch.exp(t64 - top), torch.exp(slope * (t64 - top)), -s64
+        )
+        below.mul_(torch.exp(slope * (s64 + top) - m).unsqueeze(-1))
+        if loop is not None:
+            e_self = s64 + t64
+            w_self = torch.exp(_leaky(e_self, slope) - m) * ~loop
+            _take_self_terms(above, below, w_self, e_self > 0, values)
+        z = above[:, f] + below[:, f]  # eq. 5's normaliser, >= 1 (the row maximum's term is 1)
+        p = above[:, :f] / z.unsqueeze(-1)  # sum_j alpha_ij h_j over s_i + t_j > 0 ...
+        q = below[:, :f] / z.unsqueeze(-1)  # ... and over the rest
+        beta = 1.0 / z if loop is None else loop / z  # eq. 6: max_k alpha_ik = 1 / Z_i
+        out = p + q + beta.unsqueeze(-1) * values[:, :f]
+
+        ctx.slope, ctx.acc = slope, acc
+        ctx.save_for_backward(
+            h, s, t, loop, z, p.to(h.dtype), q.to(h.dtype), above[:, f] / z, below[:, f] / z
+        )
+        return out.to(h.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        h, s, t, loop, z, p, q, p_z, q_z = ctx.saved_tensors
+        slope, acc, f = ctx.slope, ctx.acc, h.size(1)
+        g, h64, p, q = grad.to(acc), h.to(acc), p.to(acc), q.to(acc)
+        s64, t64 = s.to(acc), t.to(acc)
+        beta = 1.0 / z if loop is None else loop / z
+        g_self = (g * h64).sum(-1)  # dL/d beta_i (eq. 6's self term)
+        g_p, g_q = (g * p).sum(-1), (g * q).sum(-1)
+
+        # Softmax backward: dL/de_ij = alpha_ij (gamma_ij - sum_k alpha_ik gamma_ik) with
+        # gamma_ij = g_i.h_j + [j in T] G_i beta_i / (|T| alpha_ij), T = argmax t: torch.amax
+        # splits its gradient evenly between ties, and so does this.
+        top = t64.max()
+        m = _leaky(s64 + top, slope)
+        top_positive = s64 + top > 0
+
+        grad_h = grad_s = grad_t = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # dL/ds_i = sum_j LeakyReLU'_ij dL/de_ij. The dL/de_ij of a row sum to zero, so
+            # this is (1 - slope) x the positive part's share, written without cancellation:
+            # exactly 0 for a row whose sources all lie on one side of the kink.
+            grad_s = (1.0 - slope) * (
+                g_p * q_z - g_q * p_z + g_self * beta * torch.where(top_positive, q_z, -p_z)
+            )
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            # From targets to sources: for source j, the targets with s_i + t_j > 0 are those
+            # with the largest s. Weights w_ij = exp(e_ij - m_i) split as (per source) x
+            # (per target), each <= 1, as in the forward pass.
+            c = (g_p + g_q + g_self * beta) / z  # sum_k alpha_ik gamma_ik / Z_i
+            values = torch.cat([g / z.unsqueeze(-1), c.unsqueeze(-1)], dim=1)
+            above, below = _split_sums(
+                s64, values, torch.exp(s64 + top - m), torch.exp(slope * (s64 + top) - m), -t64
+            )
+            above.mul_(torch.exp(t64 - top).unsqueeze(-1))
+            below.mul_(torch.exp(slope * (t64 - top)).unsqueeze(-1))
+            if loop is not None:
+                e_self = s64 + t64
+                w_self = torch.exp(_leaky(e_self, slope) - m) * ~loop
+                _take_self_terms(above, below, w_self, e_self > 0, values)
+            if ctx.needs_input_grad[0]:
+                grad_h = (above[:, :f] + below[:, :f] + beta.unsqueeze(-1) * g).to(h.dtype)
+            if ctx.needs_input_grad[2]:
+                grad_t = (h64 * (above[:, :f] + slope * below[:, :f])).sum(-1) - (
+                    above[:, f] + slope * below[:, f]
+                )
+                # Every score depends on s_i + t_j only, so sum_j dL/dt_j = sum_i dL/ds_i.
+                # The row maxima's sources T collect the large, cancelling terms (alpha_iT is
+                # near 1 for peaked rows); their common part is set by this identity instead.
+                is_top = t64 == top
+                residual = grad_s.sum() - grad_t.sum()
+                grad_t = (grad_t + is_top * (residual / is_top.sum())).to(t.dtype)
+        grad_s = grad_s.to(s.dtype) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_s, grad_t, None, None, None
+
+
+def _attention_rows(
+    h: Tensor | None,
+    s_rows: Tensor,
+    t: Tensor,
+    rows: Tensor,
+    has_loop: Tensor | None,
+    negative_slope: float,
+) -> Tensor:
+    r"""Rows :obj:`rows` of :math:`\mathbf{B}` (eq. 4-6) as a dense :obj:`[R, N]` matrix, or,
+    with :obj:`h`, those rows of :math:`\mathbf{B}\mathbf{H}` (:obj:`[R, F]`). Plain
+    autograd; O(R N) memory."""
+    n = t.size(0)
+    e = F.leaky_relu(s_rows.unsqueeze(-1) + t.unsqueeze(0), negative_slope)  # eq. 4
+    self_pair = rows.unsqueeze(-1) == torch.arange(n, device=t.device)
+    loop = None if has_loop is None else has_loop.index_select(0, rows)
+    if loop is not None:
+        e = e.masked_fill(self_pair & ~loop.unsqueeze(-1), float("-inf"))
+    # eq. 5, with a guard for a row that has no entry at all (one node, no self-loop).
+    row_max = e.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+    w = torch.exp(e - row_max)
+    alpha = w / w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    top = alpha.amax(dim=-1)  # eq. 6
+    if loop is not None:
+        top = top * loop
+    if h is None:
+        return alpha + self_pair * top.unsqueeze(-1)
+    return alpha @ h + top.unsqueeze(-1) * h.index_select(0, rows)
+
+
+# The fixed graph A ------------------------------------------------------------------------
+
+
+class SparseAdjacency(NamedTuple):
+    r"""The fixed graph :math:`\mathbf{A}` of a complete-graph layer as a CSR matrix,
+    :obj:`crow`/:obj:`col`/:obj:`value`, row :math:`i` = target (``A[i, j]`` = weight of
+    :math:`j \to i`), with the transposed matrix for the backward pass, and which nodes have a
+    self-loop (eq. 6's self term; :obj:`None` when all have one)."""
+
+    crow: Tensor
+    col: Tensor
+    value: Tensor
+    crow_t: Tensor
+    col_t: Tensor
+    value_t: Tensor
+    has_loop: Tensor | None
+
+    @property
+    def num_nodes(self) -> int:
+        return self.crow.numel() - 1
+
+    @classmethod
+    def from_edges(
+        cls, edge_index: Tensor, edge_weight: Tensor, num_nodes: int, has_loop: Tensor | None
+    ) -> SparseAdjacency:
+        """From :obj:`edge_index` (row 0 sources, row 1 targets) and weights; duplicate edges
+        add up."""
+        src, dst = edge_index[0], edge_index[1]
+        crow, col, value = _csr(dst, src, edge_weight, num_nodes)
+        crow_t, col_t, value_t = _csr(src, dst, edge_weight, num_nodes)
+        return cls(crow, col, value, crow_t, col_t, value_t, has_loop)
+
+    def to_torch(self) -> Tensor:
+        """The :obj:`[N, N]` matrix as a :obj:`torch.sparse_csr` tensor."""
+        n = self.num_nodes
+        return _csr_tensor(self.crow, self.col, self.value, n)
+
+    def to_dense(self) -> Tensor:
+        return self.to_torch().to_dense()
+
+
+def _csr(row: Tensor, col: Tensor, value: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    perm = (row * n + col).argsort()
+    counts = torch.zeros(n, dtype=torch.long, device=row.device).scatter_add_(
+        0, row, torch.ones_like(row)
+    )
+    crow = F.pad(counts.cumsum(0), (1, 0))
+    return crow, col.index_select(0, perm), value.index_select(0, perm)
+
+
+def _csr_tensor(crow: Tensor, col: Tensor, value: Tensor, n: int) -> Tensor:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, value, (n, n), check_invariants=False)
+
+
+class _CSRMatmul(torch.autograd.Function):
+    """A @ h with a fixed CSR A; the backward pass uses the stored transpose."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, adj: SparseAdjacency):
+        ctx.adj = adj
+        n = adj.num_nodes
+        return torch.sparse.mm(_csr_tensor(adj.crow, adj.col, adj.value.to(h.dtype), n), h)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        adj = ctx.adj
+        a_t = _csr_tensor(adj.crow_t, adj.col_t, adj.value_t.to(grad.dtype), adj.num_nodes)
+        return torch.sparse.mm(a_t, grad), None
+
+
+def adjacency_matmul(adj: SparseAdjacency, h: Tensor) -> Tensor:
+    r""":math:`\mathbf{A}\mathbf{H}` for a sparse :math:`\mathbf{A}`, :math:`O(\mathrm{nnz}
+    \cdot F)`: a CSR product (:func:`torch.sparse.mm`), no :obj:`[E, F]` intermediate."""
+    if h.requires_grad and adj.value.requires_grad:
+        # Gradient for the weights too: torch's own sparse autograd (slower backward).
+        return torch.sparse.mm(adj.to_torch().to(h.dtype), h)
+    return _CSRMatmul.apply(h, adj)
+
+
+# The graphs' parts, at any size --------------------------------------------------------------
+
+
+class CompleteGraphParts(NamedTuple):
+    r"""What defines :math:`\mathbf{A}`, :math:`\mathbf{B}` and :math:`\mathbf{C}` of a layer
+    on the complete graph, in :math:`O(\mathrm{nnz} + N d)` memory: the sparse fixed graph,
+    the two halves of eq. 4's score and the unit features of eq. 7.
+
+    :math:`b_{ij} = \mathrm{softmax}_j\,\mathrm{LeakyReLU}(s^{dst}_i + s^{src}_j)
+    + [i = j]\max_k(\cdot)` and :math:`c_{ij} = \hat{\mathbf{x}}_i^\top\hat{\mathbf{x}}_j`;
+    pairs :math:`(i, i)` of nodes without a self-loop (:obj:`has_loop`) are not edges.
+    :meth:`rows` builds any rows of the three matrices.
+    """
+
+    A: Tensor  # torch.sparse_csr [N, N], A[i, j] = weight of j -> i, self-loops included
+    s_src: Tensor | None  # [N], None without attention
+    s_dst: Tensor | None  # [N]
+    x_hat: Tensor | None  # [N, d], None without similarity
+    has_loop: Tensor | None  # [N] bool, None when every node has its self-loop
+    negative_slope: float
+
+    def rows(self, index: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Rows :obj:`index` of :math:`\\mathbf{A}`, :math:`\\mathbf{B}`, :math:`\\mathbf{C}`,
+        each a dense :obj:`[len(index), N]` matrix (:obj:`None` for a graph switched off)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.A.device).view(-1)
+        a = self.A.to_sparse_coo().index_select(0, index).to_dense()
+        b = c = None
+        if self.s_src is not None:
+            b = _attention_rows(
+                None, self.s_dst.index_select(0, index), self.s_src, index, self.has_loop,
+                self.negative_slope,
+            )  # fmt: skip
+        if self.x_hat is not None:
+            c = self.x_hat.index_select(0, index) @ self.x_hat.t()
+            if self.has_loop is not None:
+                n = c.size(1)
+                self_pair = index.unsqueeze(-1) == torch.arange(n, device=c.device)
+                missing = ~self.has_loop.index_select(0, index).unsqueeze(-1)
+                c = c.masked_fill(self_pair & missing, 0.0)
+        return a, b, c
