@@ -548,16 +548,32 @@ def _check_edge_index(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int
             )
 
 
+# GPU tensors already found finite, by id: (weak reference, version). A fixed input (the label
+# graph, node features) is then checked once, not at every step.
+_FINITE_ON_DEVICE: dict[int, tuple[weakref.ref, int]] = {}
+
+
 def _check_finite(name: str, t: Tensor):
-    # One reduction, but reading it synchronises the device: skipped while compiling (a
-    # graph break) or capturing a CUDA graph (where reading values is an error).
+    # One reduction, but on a GPU reading it synchronises the device. So on a GPU only inputs
+    # are checked (no autograd history: data, buffers; an activation of the model is not), each
+    # tensor once per version; and nothing while compiling (a graph break) or capturing a CUDA
+    # graph (where reading values is an error).
     if is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
+    if t.is_cuda:
+        seen = _FINITE_ON_DEVICE.get(id(t))
+        if t.grad_fn is not None or (seen and seen[0]() is t and seen[1] == t._version):
+            return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(
             f"'{name}' must hold finite values (got {int(t.isnan().sum())} NaN and "
             f"{int(t.isinf().sum())} infinite entries in shape {list(t.shape)})"
         )
+    if t.is_cuda:
+        if len(_FINITE_ON_DEVICE) > 1024:  # forget tensors that no longer exist
+            for key in [k for k, (ref, _) in _FINITE_ON_DEVICE.items() if ref() is None]:
+                del _FINITE_ON_DEVICE[key]
+        _FINITE_ON_DEVICE[id(t)] = (weakref.ref(t), t._version)
 
 
 def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, n: int):

@@ -42,3 +42,19 @@ def test_fp16_channels_last_training_then_predict_matches_cpu(tmp_path):
     for c, g in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(torch.tensor(g["probabilities"]),
                                    torch.tensor(c["probabilities"]), atol=2e-2, rtol=0)
+
+
+@pytest.mark.cuda
+def test_head_training_step_does_not_synchronise():
+    # Input checks (finite values) read a GPU value once per fixed tensor, not every step: a
+    # host-device sync per step would stall the backbone's queued kernels.
+    from agcn_pyg import MultiLabelHead
+
+    head = MultiLabelHead(64, 10, torch.rand(10, 10), hidden_channels=(32,)).cuda()
+    x = torch.randn(4, 64, device="cuda", requires_grad=True)
+    head(x).sum().backward()  # the first step checks the label graph and node features
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        head(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
