@@ -129,6 +129,14 @@ def cudagraph_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     return [Step("model-cudagraphs", model, 150), Step("layers-cudagraphs", layers, 120)]
 
 
+def profile_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """Kernel counts and top kernels of one forward+backward (for the analysis of misses)."""
+    sizes = "16" if a.quick else "80,500,10000"
+    argv = [PY, "benchmarks/profile_layers.py", "--device", a.device, "--sizes", sizes,
+            "--out", str(out / "profile")]
+    return [Step("profile", [*argv, *(["--hidden", "8,8"] if a.quick else [])], 90)]
+
+
 def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     """A short real run, then torchrun (NCCL on CUDA, gloo on the CPU) for one epoch, its
     resume, and predict + export of the result. Run folders live in ``a.scratch`` (checkpoints
@@ -308,7 +316,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # The order of a default run: what the README's tables need first, extras last.
 PARTS = {"tests": test_steps, "layers": layer_steps, "model": model_steps, "train": train_steps,
-         "cudagraphs": cudagraph_steps, "layers-extra": layer_extra_steps}
+         "cudagraphs": cudagraph_steps, "profile": profile_steps,
+         "layers-extra": layer_extra_steps}
 
 
 def dry_run(a: argparse.Namespace) -> int:
