@@ -538,19 +538,36 @@ def _check_edge_index(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int
                 f"'edge_weight' must have shape [E] = [{edge_index.size(1)}] to match "
                 f"'edge_index' (got {list(edge_weight.shape)})"
             )
-    # Reading values synchronises the device; skipped while compiling (a graph break).
-    if not is_compiling() and edge_index.numel() > 0:
-        low, high = int(edge_index.min()), int(edge_index.max())
-        if low < 0 or high >= num_nodes:
-            raise ValueError(
-                f"'edge_index' holds node indices in [{low}, {high}], outside [0, {num_nodes - 1}] "
-                f"for x with {num_nodes} nodes"
-            )
+    # Reading values synchronises the device: skipped while compiling (a graph break), and on
+    # a GPU done once per graph tensor (and node count), not at every step.
+    if is_compiling() or edge_index.numel() == 0 or _validated(edge_index, num_nodes):
+        return
+    low, high = int(edge_index.min()), int(edge_index.max())
+    if low < 0 or high >= num_nodes:
+        raise ValueError(
+            f"'edge_index' holds node indices in [{low}, {high}], outside [0, {num_nodes - 1}] "
+            f"for x with {num_nodes} nodes"
+        )
+    _remember_valid(edge_index, num_nodes)
 
 
-# GPU tensors already found finite, by id: (weak reference, version). A fixed input (the label
-# graph, node features) is then checked once, not at every step.
-_FINITE_ON_DEVICE: dict[int, tuple[weakref.ref, int]] = {}
+# GPU tensors already checked, by id: (weak reference, version, what was checked). A fixed input
+# (the label graph, node features, a graph reused every epoch) is read once, not at every step.
+_VALID_ON_DEVICE: dict[int, tuple[weakref.ref, int, object]] = {}
+
+
+def _validated(t: Tensor, check: object) -> bool:
+    seen = _VALID_ON_DEVICE.get(id(t))
+    return bool(t.is_cuda and seen and seen[0]() is t and seen[1:] == (t._version, check))
+
+
+def _remember_valid(t: Tensor, check: object):
+    if not t.is_cuda:  # on the CPU a check costs no synchronisation: always check
+        return
+    if len(_VALID_ON_DEVICE) > 1024:  # forget tensors that no longer exist
+        for key in [k for k, v in _VALID_ON_DEVICE.items() if v[0]() is None]:
+            del _VALID_ON_DEVICE[key]
+    _VALID_ON_DEVICE[id(t)] = (weakref.ref(t), t._version, check)
 
 
 def _check_finite(name: str, t: Tensor):
@@ -560,20 +577,14 @@ def _check_finite(name: str, t: Tensor):
     # graph (where reading values is an error).
     if is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
-    if t.is_cuda:
-        seen = _FINITE_ON_DEVICE.get(id(t))
-        if t.grad_fn is not None or (seen and seen[0]() is t and seen[1] == t._version):
-            return
+    if t.is_cuda and (t.grad_fn is not None or _validated(t, "finite")):
+        return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(
             f"'{name}' must hold finite values (got {int(t.isnan().sum())} NaN and "
             f"{int(t.isinf().sum())} infinite entries in shape {list(t.shape)})"
         )
-    if t.is_cuda:
-        if len(_FINITE_ON_DEVICE) > 1024:  # forget tensors that no longer exist
-            for key in [k for k, (ref, _) in _FINITE_ON_DEVICE.items() if ref() is None]:
-                del _FINITE_ON_DEVICE[key]
-        _FINITE_ON_DEVICE[id(t)] = (weakref.ref(t), t._version)
+    _remember_valid(t, "finite")
 
 
 def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, n: int):

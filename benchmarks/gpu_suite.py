@@ -134,7 +134,8 @@ def profile_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     sizes = "16" if a.quick else "80,500,10000"
     argv = [PY, "benchmarks/profile_layers.py", "--device", a.device, "--sizes", sizes,
             "--out", str(out / "profile")]
-    return [Step("profile", [*argv, *(["--hidden", "8,8"] if a.quick else [])], 90)]
+    quick = ["--hidden", "8,8", "--sparse-sizes", "200", "--sparse-channels", "8,8"]
+    return [Step("profile", [*argv, *(quick if a.quick else [])], 90)]
 
 
 def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:

@@ -19,15 +19,21 @@ from common import int_list, markdown_table, start_results, str_list, write_csv 
 from layers import LAYERS  # noqa: E402
 
 
-def profile_case(name: str, n: int, channels: tuple[int, int], device: torch.device) -> tuple:
-    """Profiles one forward+backward after warm-up; returns (summary row, top-kernel rows)."""
+def profile_case(name: str, n: int, channels: tuple[int, int], device: torch.device,
+                 degree: int = 16) -> tuple:
+    """Profiles one forward+backward after warm-up; returns (summary row, top-kernel rows).
+    Dense layers get a complete graph's ``[N, N]`` adjacency, the others a random graph of
+    average in-degree ``degree`` as ``edge_index``."""
     torch.manual_seed(0)
     module = LAYERS[name].make(*channels).to(device)
     x = torch.randn(n, channels[0], device=device, requires_grad=True)
-    adj = torch.rand(n, n, device=device)
+    if LAYERS[name].dense:
+        graph = (torch.rand(n, n, device=device),)
+    else:
+        graph = (torch.randint(0, n, (2, degree * n), device=device),)
 
     def step():
-        module(x, adj).sum().backward()
+        module(x, *graph).sum().backward()
         x.grad = None
 
     for _ in range(3):
@@ -60,25 +66,32 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int_list, default=[80, 10000])
     p.add_argument("--layers", type=str_list, default=["agcn_dense", "dense_gat"])
     p.add_argument("--hidden", type=int_list, default=[1024, 2048], metavar="IN,OUT")
+    p.add_argument("--sparse-sizes", type=int_list, default=[10000])
+    p.add_argument("--sparse-layers", type=str_list, default=["agcn_edge", "gat"])
+    p.add_argument("--sparse-channels", type=int_list, default=[64, 64], metavar="IN,OUT")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     out, env = start_results(args.out, device, "profile_layers.py", argv or sys.argv[1:],
                              suffix="-profile")
     summary, top = [], []
-    for n in args.sizes:
-        for name in args.layers:
-            s, t = profile_case(name, n, tuple(args.hidden), device)
-            summary.append(s)
-            top += t
-            print(f"{name:16s} N={n:<6d} kernels {s['kernels']:4d}  kernel time "
-                  f"{s['kernel_ms']:8.3f} ms  aten ops {s['cpu_ops']:4d}  syncs {s['host_syncs']}",
-                  flush=True)
+    cases = [(name, n, tuple(args.hidden)) for n in args.sizes for name in args.layers]
+    cases += [(name, n, tuple(args.sparse_channels)) for n in args.sparse_sizes
+              for name in args.sparse_layers]
+    for name, n, channels in cases:
+        s, t = profile_case(name, n, channels, device)
+        summary.append(s)
+        top += t
+        print(f"{name:16s} N={n:<6d} kernels {s['kernels']:4d}  kernel time "
+              f"{s['kernel_ms']:8.3f} ms  aten ops {s['cpu_ops']:4d}  syncs {s['host_syncs']}",
+              flush=True)
     write_csv(summary, out / "profile.csv", list(summary[0]))
     write_csv(top, out / "top_kernels.csv", list(top[0]))
     cols = ["layer", "n", "kernels", "kernel_ms", "cpu_ops", "host_syncs"]
     (out / "profile.md").write_text(
-        "# One forward+backward, 1024 -> 2048 (torch.profiler)\n\n"
+        f"# One forward+backward (torch.profiler): complete graphs {args.hidden[0]} -> "
+        f"{args.hidden[1]}, sparse graphs {args.sparse_channels[0]} -> "
+        f"{args.sparse_channels[1]}\n\n"
         + markdown_table(summary, cols) + "\n## Top ops by device time\n\n"
         + markdown_table(top, ["layer", "n", "op", "calls", "device_ms"]))
     print(f"results in {out}")
