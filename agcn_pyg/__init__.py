@@ -18,8 +18,9 @@ from agcn_pyg.metrics import MultiLabelMetrics, format_table, multilabel_metrics
 from agcn_pyg.model import MLAGCN, count_parameters, create_model
 from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
 from agcn_pyg.predict import predict
+from agcn_pyg.pretrained import from_pretrained, save_pretrained
 from agcn_pyg.synthetic import make_synthetic_coco
-from agcn_pyg.transforms import build_transforms
+from agcn_pyg.transforms import build_transforms, squash_data_config
 from agcn_pyg.visualize import plot_learned_graphs, strongest_edges
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "load_exported",
     "plot_learned_graphs",
     "predict",
+    "save_pretrained",
+    "squash_data_config",
     "strongest_edges",
     "count_parameters",
     "create_model",
@@ -50,6 +53,7 @@ __all__ = [
     "load_node_features",
     "make_synthetic_coco",
     "format_table",
+    "from_pretrained",
     "multilabel_metrics",
     "mlgcn_adjacency",
 ]

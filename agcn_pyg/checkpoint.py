@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import torch
 
-from agcn_pyg.model import MLAGCN, create_model
+from agcn_pyg.model import DATA_CONFIG_KEYS, MLAGCN, create_model
 
 FORMAT = "agcn_pyg/1"
 
@@ -104,8 +104,14 @@ def model_from_checkpoint(
         learn_node_features=cfg.get("head_kwargs", {}).get("learn_node_features", False),
         head_kwargs={k: v for k, v in cfg.get("head_kwargs", {}).items()
                      if k != "learn_node_features"},
+        label_names=state["label_names"],
         **cfg.get("timm_kwargs", {}),
     )
+    if cfg.get("data_config"):
+        # What the model was trained and evaluated with; agcn_pyg trains with a squash
+        # resize (older checkpoints do not say so).
+        model.set_data_config({"crop_pct": 1.0, "crop_mode": "squash", **{
+            k: v for k, v in cfg["data_config"].items() if k in DATA_CONFIG_KEYS}})
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
     model.load_state_dict(weights)
     return model.eval(), state

@@ -38,10 +38,21 @@ def _one_line(e: BaseException) -> str:
     return text if text else type(e).__name__
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | str:
     """:func:`~agcn_pyg.checkpoint.load_checkpoint`, with an empty, truncated or foreign
     file reported as a :class:`ValueError` naming it instead of torch's ``RuntimeError``,
-    ``EOFError`` or ``UnpicklingError``."""
+    ``EOFError`` or ``UnpicklingError``. A folder written by
+    :func:`~agcn_pyg.pretrained.save_pretrained` is returned as its path, which predict,
+    plot_graph and export read themselves."""
+    if os.path.isdir(path):
+        from agcn_pyg.pretrained import is_pretrained_folder
+
+        if not is_pretrained_folder(path):
+            raise ValueError(
+                f"checkpoint '{os.fspath(path)}' is a folder without the config.json and "
+                f"model.safetensors that save_pretrained writes"
+            )
+        return os.fspath(path)
     try:
         return load_checkpoint(path)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:

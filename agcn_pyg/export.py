@@ -70,7 +70,8 @@ def export_model(
     out of disk space, the previous file at ``path`` stays as it was.
 
     Args:
-        checkpoint: A checkpoint path or dict (see :mod:`agcn_pyg.checkpoint`), or an
+        checkpoint: A checkpoint path or dict (see :mod:`agcn_pyg.checkpoint`), a folder
+            written by :func:`~agcn_pyg.pretrained.save_pretrained`, or an
             :class:`~agcn_pyg.MLAGCN`.
         example_input_size (Sequence[int], optional): ``(3, H, W)`` or ``(B, 3, H, W)`` of
             the example input; only ``H`` and ``W`` are fixed in the exported program.

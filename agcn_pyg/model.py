@@ -1,42 +1,300 @@
-"""ML-AGCN on any timm backbone: ``create_model`` and the model it returns (Fig. 2)."""
+"""ML-AGCN on any timm backbone: ``create_model`` and the model it returns (Fig. 2), a timm
+citizen (``pretrained_cfg``, ``forward_features``/``forward_head``, ``get_classifier``,
+``reset_classifier``, ...)."""
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import timm
 import torch
 from torch import Tensor, nn
 
+from agcn_pyg.backbone import create_backbone, pooled_feature_size
 from agcn_pyg.head import MultiLabelHead
+
+#: The data-config keys :meth:`MLAGCN.set_data_config` accepts (timm's).
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 class MLAGCN(nn.Module):
     """A timm backbone that pools an image into a :math:`D`-dimensional feature, and a
     :class:`~agcn_pyg.MultiLabelHead` whose :math:`N` classifiers score it (Fig. 2).
 
-    ``forward`` maps images :obj:`[B, 3, H, W]` to logits :obj:`[B, N]`.
+    ``forward`` maps images :obj:`[B, 3, H, W]` to logits :obj:`[B, N]`. The model follows
+    timm's model API, so timm's helpers work with it unchanged
+    (:func:`timm.data.resolve_data_config`, :func:`timm.data.create_transform`,
+    :func:`timm.optim.create_optimizer_v2` with weight or layer decay, EMA, schedulers):
+
+    * ``pretrained_cfg`` (alias ``default_cfg``): the backbone's, with ``num_classes`` =
+      :math:`N`, ``label_names``, ``classifier="head"``, and the input size, mean, std,
+      interpolation and crop the model is evaluated with (:meth:`set_data_config`);
+    * ``num_classes`` (:math:`N`), ``num_features`` (the backbone's, channels of
+      :meth:`forward_features`), ``head_hidden_size`` (:math:`D`, the pooled feature);
+    * :meth:`forward_features`, :meth:`forward_head` (``pre_logits=True`` gives the pooled
+      feature), :meth:`get_classifier` (the graph head), :meth:`reset_classifier`,
+      :meth:`set_grad_checkpointing`, :meth:`no_weight_decay`, :meth:`group_matcher`;
+    * :meth:`save_pretrained` / :meth:`from_pretrained`: ``model.safetensors`` +
+      ``config.json``, no pickle (:mod:`agcn_pyg.pretrained`).
+
+    Args:
+        backbone (torch.nn.Module): A timm model built with ``num_classes=0``.
+        head (MultiLabelHead): The graph head; its ``in_features`` must be the backbone's
+            pooled-feature size.
+        label_names (Sequence[str], optional): The :math:`N` label names.
+        config (dict, optional): The :func:`create_model` arguments that rebuild the model
+            (set by :func:`create_model`; needed by :meth:`save_pretrained`).
     """
 
-    def __init__(self, backbone: nn.Module, head: MultiLabelHead):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: MultiLabelHead,
+        label_names: Sequence[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
+        pooled = pooled_feature_size(backbone)
+        if isinstance(head, MultiLabelHead) and head.in_features != pooled:
+            raise ValueError(
+                f"'head' takes {head.in_features} features, but the backbone pools to "
+                f"{pooled} (its head_hidden_size / num_features)"
+            )
         self.backbone = backbone
         self.head = head
+        self.config = dict(config) if config is not None else None
+        self.pretrained_cfg = _model_pretrained_cfg(backbone, self.num_classes, label_names)
+
+    # -- timm's model API -----------------------------------------------------------------
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of ``pretrained_cfg`` (timm's older name)."""
+        return self.pretrained_cfg
+
+    @property
+    def num_classes(self) -> int:
+        """Number of labels :math:`N` (0 after ``reset_classifier(0)``)."""
+        return self.head.num_labels if isinstance(self.head, MultiLabelHead) else 0
+
+    @property
+    def num_features(self) -> int:
+        """Channels of :meth:`forward_features`' output (the backbone's ``num_features``)."""
+        return int(self.backbone.num_features)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Size :math:`D` of the pooled feature the classifiers apply to."""
+        return pooled_feature_size(self.backbone)
+
+    @property
+    def label_names(self) -> list[str] | None:
+        names = self.pretrained_cfg.get("label_names")
+        return list(names) if names is not None else None
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """The backbone's unpooled features (``backbone.forward_features``)."""
+        return self.backbone.forward_features(images)
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pools ``features`` as the backbone does before its classifier
+        (``backbone.forward_head(features, pre_logits=True)``, :obj:`[B, D]`) and, unless
+        ``pre_logits``, applies the :math:`N` label classifiers (:obj:`[B, N]`)."""
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        return pooled if pre_logits else self.head(pooled)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(images))
+        return self.forward_head(self.forward_features(images))
+
+    def get_classifier(self) -> nn.Module:
+        """The graph head (:class:`~agcn_pyg.MultiLabelHead`)."""
+        return self.head
+
+    def reset_classifier(
+        self,
+        num_classes: int,
+        adj: Tensor | None = None,
+        node_features: Tensor | None = None,
+        label_names: Sequence[str] | None = None,
+        global_pool: str | None = None,
+    ) -> None:
+        """Replaces the graph head by a new, freshly initialised one for ``num_classes``
+        labels over the label graph ``adj`` (:obj:`[N, N]`), with the layer sizes and
+        options the model was created with. ``num_classes=0`` removes the head, so that
+        the model returns pooled features (timm's convention). ``adj`` may be left out when
+        ``num_classes`` is unchanged: the current graph and node features are kept.
+        ``global_pool`` is passed to the backbone's ``reset_classifier``."""
+        if global_pool is not None:
+            self.backbone.reset_classifier(0, global_pool=global_pool)
+        if num_classes < 0:
+            raise ValueError(f"'num_classes' must be at least 0 (got {num_classes})")
+        pooled = pooled_feature_size(self.backbone)
+        if num_classes == 0:
+            self.head = nn.Identity()
+        else:
+            same = isinstance(self.head, MultiLabelHead) and num_classes == self.num_classes
+            if adj is None:
+                if not same:
+                    raise ValueError(
+                        f"'adj' (the [N, N] label graph, N = {num_classes}) is needed to "
+                        f"reset the classifier from {self.num_classes} to {num_classes} labels"
+                    )
+                adj = self.head.adj.detach().clone()
+                if node_features is None:
+                    node_features = self.head.node_features.detach().clone()
+            options = self._head_options()
+            ref = next(self.backbone.parameters(), None)
+            self.head = MultiLabelHead(
+                pooled, num_classes, adj, node_features=node_features, **options
+            )
+            if ref is not None:
+                self.head.to(device=ref.device, dtype=ref.dtype)
+            if label_names is None and same:
+                label_names = self.label_names
+        if self.config is not None:
+            self.config["num_labels"] = num_classes
+        cfg = self.pretrained_cfg
+        cfg["num_classes"] = num_classes
+        cfg.pop("label_names", None)
+        if label_names is not None:
+            cfg["label_names"] = _checked_names(label_names, num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in the backbone (its ``set_grad_checkpointing``)."""
+        self.backbone.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """What the backbone exempts from weight decay (e.g. a ViT's ``pos_embed``), with
+        this model's parameter names; timm's optimizer factory reads it."""
+        skip = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{n}" for n in skip}
+
+    def group_matcher(self, coarse: bool = False):
+        """Parameter groups for layer-wise learning-rate decay: the backbone's groups
+        (its ``group_matcher``), then the graph head as the last group."""
+        from timm.models import group_parameters
+
+        groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=coarse))
+        ordinal = {f"backbone.{n}": i for i, names in groups.items() for n in names}
+        last = max(groups, default=-1) + 1
+        return lambda name: ordinal.get(name, last)
+
+    def set_data_config(self, data_config: Mapping[str, Any]) -> None:
+        """Records in ``pretrained_cfg`` the preprocessing the model is trained and
+        evaluated with (timm's keys :data:`DATA_CONFIG_KEYS`, e.g. the ASL recipe's squash
+        resize: ``crop_mode="squash"``, ``crop_pct=1.0``,
+        :func:`~agcn_pyg.transforms.squash_data_config`), so that
+        ``timm.data.resolve_data_config({}, model=model)`` returns it. The backbone's
+        test-time recommendations (``test_input_size``, ``test_crop_pct``) are dropped."""
+        unknown = sorted(set(data_config) - set(DATA_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(
+                f"'data_config' has unknown keys {unknown}; expected some of "
+                f"{list(DATA_CONFIG_KEYS)}"
+            )
+        cfg = self.pretrained_cfg
+        for key, value in data_config.items():
+            cfg[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+        for key in ("test_input_size", "test_crop_pct", "test_pool_size"):
+            cfg.pop(key, None)
+
+    def _head_options(self) -> dict[str, Any]:
+        """``MultiLabelHead`` options of the current head, for :meth:`reset_classifier`."""
+        if self.config is not None:
+            return dict(
+                hidden_channels=self.config["hidden_channels"],
+                learn_node_features=self.config["learn_node_features"],
+                **self.config["head_kwargs"],
+            )
+        if isinstance(self.head, MultiLabelHead):
+            return dict(
+                hidden_channels=[conv.out_channels for conv in self.head.convs[:-1]],
+                learn_node_features=isinstance(self.head.node_features, nn.Parameter),
+            )
+        return {}
+
+    # -- sharing -----------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Writes ``model.safetensors`` and ``config.json`` to ``folder``
+        (:func:`agcn_pyg.pretrained.save_pretrained`)."""
+        from agcn_pyg.pretrained import save_pretrained
+
+        save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
+        """Rebuilds a model written by :meth:`save_pretrained`
+        (:func:`agcn_pyg.pretrained.from_pretrained`)."""
+        from agcn_pyg.pretrained import from_pretrained
+
+        return from_pretrained(folder, device=device)
+
+    # -- training helpers ----------------------------------------------------------------
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups with no weight decay on biases, norms and other 1-D
-        parameters, nor on what the backbone lists in ``no_weight_decay()`` (timm's rule,
-        reused through :func:`timm.optim.param_groups_weight_decay`)."""
+        parameters, nor on :meth:`no_weight_decay` (timm's rule, reused through
+        :func:`timm.optim.param_groups_weight_decay`)."""
         from timm.optim import param_groups_weight_decay
 
-        skip = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return param_groups_weight_decay(
-            self, weight_decay, no_weight_decay_list={f"backbone.{n}" for n in skip}
+            self, weight_decay, no_weight_decay_list=self.no_weight_decay()
         )
+
+
+def _checked_names(label_names: Sequence[str], num_labels: int) -> tuple[str, ...]:
+    if isinstance(label_names, str) or len(label_names) != num_labels:
+        raise ValueError(
+            f"'label_names' must be {num_labels} names, one per label (got "
+            f"{label_names if isinstance(label_names, str) else len(label_names)})"
+        )
+    return tuple(str(n) for n in label_names)
+
+
+def _backbone_data_config(backbone: nn.Module) -> dict[str, Any]:
+    """The input config of the backbone as built: timm's ``resolve_input_data_config``
+    where it exists (it knows that a ViT built with ``img_size=384`` takes 384 px)."""
+    try:
+        from timm.data import resolve_input_data_config
+    except ImportError:  # timm < 1.0.20: the pretrained config alone
+        from timm.data import resolve_data_config
+
+        return dict(resolve_data_config({}, model=backbone))
+    return dict(resolve_input_data_config(backbone))
+
+
+def _model_pretrained_cfg(
+    backbone: nn.Module, num_classes: int, label_names: Sequence[str] | None
+) -> dict[str, Any]:
+    """The backbone's ``pretrained_cfg`` made the model's: no weight source (the model's
+    weights are not the backbone's checkpoint), the input the backbone as built takes,
+    ``num_classes`` = :math:`N`, the label names, and the module names with this model's
+    prefixes (``first_conv``, ``classifier="head"``) as timm's tools expect them."""
+    from timm.models import filter_pretrained_cfg
+
+    source = dict(getattr(backbone, "pretrained_cfg", None) or {})
+    source.pop("state_dict", None)
+    cfg = filter_pretrained_cfg(copy.deepcopy(source), remove_source=True)
+    data = _backbone_data_config(backbone)
+    if tuple(data["input_size"]) != tuple(source.get("input_size") or ()):
+        for key in ("test_input_size", "test_pool_size"):
+            cfg.pop(key, None)
+        cfg["pool_size"] = None
+    cfg.update(data)
+    first_conv = cfg.get("first_conv")
+    if isinstance(first_conv, str):
+        cfg["first_conv"] = f"backbone.{first_conv}"
+    elif first_conv:
+        cfg["first_conv"] = tuple(f"backbone.{c}" for c in first_conv)
+    cfg.update(classifier="head", num_classes=num_classes, custom_load=False)
+    for key in ("label_names", "label_descriptions", "label_offset"):
+        cfg.pop(key, None)
+    if label_names is not None:
+        cfg["label_names"] = _checked_names(label_names, num_classes)
+    return cfg
 
 
 def create_model(
@@ -49,13 +307,16 @@ def create_model(
     pretrained: str | os.PathLike | None = None,
     learn_node_features: bool = False,
     head_kwargs: dict | None = None,
+    label_names: Sequence[str] | None = None,
     **timm_kwargs,
 ) -> MLAGCN:
     """Builds ML-AGCN on the timm model ``model_name`` (Section 3.1).
 
     The backbone is ``timm.create_model(model_name, num_classes=0, **timm_kwargs)``, with its
     own global pooling, so any timm CNN or ViT works (``img_size=...`` for a ViT goes in
-    ``timm_kwargs``).
+    ``timm_kwargs``). The classifiers apply to what the backbone returns before its own
+    classifier (``forward_head(x, pre_logits=True)``: ``head_hidden_size`` features, which
+    for MobileNetV3, GhostNet, HGNetV2 or LCNet exceeds ``num_features``).
 
     Args:
         model_name (str): A timm model name, e.g. ``"tresnet_m"`` (the paper's backbone).
@@ -67,41 +328,44 @@ def create_model(
             of all graph layers but the last. (default: :obj:`None`)
         node_features (torch.Tensor, optional): :obj:`[N, d]` label node features
             (default: :obj:`None`, one-hot).
-        pretrained (str or os.PathLike, optional): A **local** timm checkpoint for the
-            backbone (``.pth``/``.pt``/``.bin`` or ``.safetensors``); its classifier is
-            dropped. Nothing is downloaded. (default: :obj:`None`, random initialisation)
+        pretrained (str or os.PathLike, optional): A **local** weights file of the backbone
+            (``.safetensors``/``.pth``/``.pt``/``.bin``, or a folder holding
+            ``model.safetensors`` or ``pytorch_model.bin``), read with ``weights_only=True``;
+            its classifier is dropped and every other key must fit the backbone (see
+            :func:`agcn_pyg.backbone.load_backbone_weights`). Nothing is downloaded:
+            ``True`` and hub names are refused. (default: :obj:`None`, random init)
         learn_node_features (bool, optional): Make the node features trainable.
         head_kwargs (dict, optional): More :class:`~agcn_pyg.MultiLabelHead` /
             :class:`~agcn_pyg.AdaptiveGCNConv` options, e.g. ``{"similarity": False}``.
+        label_names (Sequence[str], optional): The :math:`N` label names, kept in
+            ``model.pretrained_cfg["label_names"]``.
         **timm_kwargs: Passed to :func:`timm.create_model`.
     """
     if num_layers < 1:
         raise ValueError(f"'num_layers' must be at least 1 (got {num_layers})")
     if hidden_channels is None:
         hidden_channels = (1024,) * (num_layers - 1)
+    head_kwargs = dict(head_kwargs or {})
 
-    if pretrained is not None:
-        path = os.fspath(pretrained)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"'pretrained' must be a local timm checkpoint file (.pth or .safetensors); "
-                f"'{path}' does not exist"
-            )
-        # timm's own loader, pointed at the file: it adapts the stem and drops the
-        # classifier exactly as for hub weights, and never reaches the network.
-        timm_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
-    backbone = timm.create_model(model_name, num_classes=0, **timm_kwargs)
-
+    backbone = create_backbone(model_name, pretrained=pretrained, **timm_kwargs)
     head = MultiLabelHead(
-        backbone.num_features,
+        pooled_feature_size(backbone),
         num_labels,
         adj,
         node_features=node_features,
         hidden_channels=hidden_channels,
         learn_node_features=learn_node_features,
-        **(head_kwargs or {}),
+        **head_kwargs,
     )
-    return MLAGCN(backbone, head)
+    config = dict(
+        model_name=model_name,
+        num_labels=num_labels,
+        hidden_channels=[int(c) for c in hidden_channels],
+        learn_node_features=bool(learn_node_features),
+        head_kwargs=head_kwargs,
+        timm_kwargs=dict(timm_kwargs),
+    )
+    return MLAGCN(backbone, head, label_names=label_names, config=config)
 
 
 def count_parameters(module: nn.Module) -> int:

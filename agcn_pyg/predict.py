@@ -1,8 +1,9 @@
 """Batched multi-label prediction over image files and folders, from a checkpoint alone.
 
-Images are preprocessed with the evaluation transform of the checkpoint's ``data_config``
-(:func:`~agcn_pyg.build_transforms` with ``train=False``). An unreadable file does not stop
-the batch: it is reported with a warning naming it, and its record carries an ``error``.
+Images are preprocessed with the evaluation transform of the model's data config (its
+``pretrained_cfg``: for a trained model, the squash resize it was trained with). An
+unreadable file does not stop the batch: it is reported with a warning naming it, and its
+record carries an ``error``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from torch.utils.data import DataLoader, Dataset
 from agcn_pyg.checkpoint import atomic_write
 from agcn_pyg.data import read_rgb
 from agcn_pyg.model import MLAGCN
-from agcn_pyg.transforms import build_transforms
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -72,49 +72,61 @@ def load_for_inference(
     checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN,
     use_ema: bool = True,
 ) -> tuple[MLAGCN, list[str], dict[str, Any]]:
-    """Returns ``(model, label_names, data_config)`` of a checkpoint path or dict, the model
-    in eval mode with the EMA weights when present and ``use_ema``. A bare model is accepted
-    too (and returned as it is): its labels are named by index and its data config is
-    timm's for the backbone."""
+    """Returns ``(model, label_names, data_config)`` of a training checkpoint (path or
+    dict), a folder written by :func:`~agcn_pyg.pretrained.save_pretrained`, or a model;
+    the model in eval mode, with the EMA weights when the checkpoint has them and
+    ``use_ema`` (a folder holds one set of weights). ``data_config`` is timm's
+    :func:`~timm.data.resolve_data_config` of the model, i.e. its ``pretrained_cfg``: the
+    preprocessing it was trained with; labels without names are named by index."""
+    from timm.data import resolve_data_config
+
     if isinstance(checkpoint, MLAGCN):
-        from timm.data import resolve_model_data_config
-
         model = checkpoint
-        names = [str(i) for i in range(model.head.num_labels)]
-        return model, names, dict(resolve_model_data_config(model.backbone))
+    elif isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+        from agcn_pyg.pretrained import from_pretrained
 
-    from agcn_pyg.checkpoint import model_from_checkpoint
+        model = from_pretrained(checkpoint)
+    else:
+        from agcn_pyg.checkpoint import model_from_checkpoint
 
-    model, state = model_from_checkpoint(
-        dict(checkpoint) if isinstance(checkpoint, Mapping) else checkpoint, use_ema=use_ema
-    )
-    data_config = dict(state["config"].get("data_config") or {})
-    if "input_size" not in data_config or "mean" not in data_config:
-        from timm.data import resolve_model_data_config
-
-        warnings.warn(
-            "the checkpoint has no data_config (input_size, mean, std); using timm's default "
-            f"for the backbone '{state['config']['model_name']}'",
-            stacklevel=2,
+        model, state = model_from_checkpoint(
+            dict(checkpoint) if isinstance(checkpoint, Mapping) else checkpoint, use_ema=use_ema
         )
-        data_config = {**resolve_model_data_config(model.backbone), **data_config}
-    return model, list(state["label_names"]), data_config
+        data_config = state["config"].get("data_config") or {}
+        if "input_size" not in data_config or "mean" not in data_config:
+            warnings.warn(
+                "the checkpoint has no data_config (input_size, mean, std); using timm's "
+                f"default for the backbone '{state['config']['model_name']}'",
+                stacklevel=2,
+            )
+    names = model.label_names or [str(i) for i in range(model.num_classes)]
+    return model, names, dict(resolve_data_config({}, model=model))
 
 
 def eval_transform(data_config: Mapping[str, Any]):
-    """The evaluation transform of a data config: squash resize to ``input_size``, tensor,
-    normalisation (:func:`~agcn_pyg.build_transforms` with ``train=False``)."""
-    if "input_size" not in data_config:
+    """The evaluation transform of a timm data config, built by
+    :func:`timm.data.create_transform`: resize (and crop, per ``crop_mode`` and
+    ``crop_pct``) to ``input_size``, tensor, normalisation. Without ``crop_mode`` it is
+    this project's squash resize (``crop_mode="squash"``, ``crop_pct=1.0``), identical to
+    :func:`~agcn_pyg.build_transforms` with ``train=False``."""
+    from timm.data import create_transform
+
+    missing = [k for k in ("input_size", "mean", "std") if k not in data_config]
+    if missing:
         raise ValueError(
-            f"'data_config' lacks 'input_size' (3, H, W); got keys {sorted(data_config)}"
+            f"'data_config' lacks {missing} (timm's input_size (3, H, W), mean and std); "
+            f"got keys {sorted(data_config)}"
         )
-    height, width = data_config["input_size"][-2:]
-    if height != width:
-        raise ValueError(
-            f"'data_config': build_transforms resizes to a square, but input_size is "
-            f"{tuple(data_config['input_size'])}"
-        )
-    return build_transforms(data_config, img_size=int(height), train=False)
+    squash = "crop_mode" not in data_config
+    return create_transform(
+        input_size=tuple(data_config["input_size"]),
+        is_training=False,
+        interpolation=data_config.get("interpolation", "bilinear"),
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        crop_pct=1.0 if squash else data_config.get("crop_pct"),
+        crop_mode="squash" if squash else data_config["crop_mode"],
+    )
 
 
 class _ImageFiles(Dataset):
@@ -192,7 +204,8 @@ def predict(
 
     Args:
         checkpoint: A checkpoint path or dict written by
-            :func:`~agcn_pyg.checkpoint.save_checkpoint`, or an :class:`~agcn_pyg.MLAGCN`.
+            :func:`~agcn_pyg.checkpoint.save_checkpoint`, a folder written by
+            :func:`~agcn_pyg.pretrained.save_pretrained`, or an :class:`~agcn_pyg.MLAGCN`.
         paths: Image files and/or folders (searched recursively).
         threshold (float, optional): Report the labels whose probability
             :math:`\sigma(\text{logit})` is at least this. (default: :obj:`0.5`)

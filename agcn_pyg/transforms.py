@@ -12,7 +12,34 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import str_to_interp_mode
 from torchvision import transforms as T
 
-__all__ = ["build_transforms"]
+__all__ = ["build_transforms", "squash_data_config"]
+
+
+def squash_data_config(
+    model_or_data_config: torch.nn.Module | Mapping[str, Any], img_size: int
+) -> dict[str, Any]:
+    """The timm data config of this recipe's evaluation transform: a squash resize of the
+    whole image to :obj:`img_size` :math:`\times` :obj:`img_size` (``crop_mode="squash"``,
+    ``crop_pct=1.0``: nothing cropped, so no labelled object is cut away), with the
+    backbone's mean, std and interpolation. Record it on the model with
+    :meth:`~agcn_pyg.MLAGCN.set_data_config`; then ``timm.data.resolve_data_config({},
+    model=model)`` returns it and ``timm.data.create_transform(**config)`` builds the same
+    evaluation transform as ``build_transforms(config, img_size, train=False)``."""
+    if isinstance(model_or_data_config, torch.nn.Module):
+        config = resolve_model_data_config(model_or_data_config)
+    else:
+        config = model_or_data_config
+    if not isinstance(img_size, int) or img_size < 1:
+        raise ValueError(f"'img_size' must be a positive integer (got {img_size!r})")
+    channels = tuple(config.get("input_size", (3,)))[0]
+    return dict(
+        input_size=(channels, img_size, img_size),
+        interpolation=config.get("interpolation", "bilinear"),
+        mean=tuple(float(m) for m in config["mean"]),
+        std=tuple(float(s) for s in config["std"]),
+        crop_pct=1.0,
+        crop_mode="squash",
+    )
 
 
 def build_transforms(

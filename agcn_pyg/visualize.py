@@ -73,18 +73,20 @@ class Edge(NamedTuple):
 def _resolve(
     model: Any, label_names: Sequence[str] | None, use_ema: bool
 ) -> tuple[MultiLabelHead, list[str]]:
-    """The head and the label names of a checkpoint path/dict, an MLAGCN or a head."""
-    if isinstance(model, (str, os.PathLike, dict)):
-        from agcn_pyg.checkpoint import model_from_checkpoint
+    """The head and the label names of a checkpoint path/dict, a save_pretrained folder,
+    an MLAGCN or a head."""
+    if isinstance(model, (str, os.PathLike, dict, MLAGCN)):
+        from agcn_pyg.predict import load_for_inference
 
-        model, state = model_from_checkpoint(model, use_ema=use_ema)
-        if label_names is None:
-            label_names = state["label_names"]
+        model, names, _ = load_for_inference(model, use_ema=use_ema)
+        if label_names is None and model.label_names is not None:
+            label_names = names
     if isinstance(model, MLAGCN):
         model = model.head
     if not isinstance(model, MultiLabelHead):
         raise TypeError(
-            "'model' must be a checkpoint (path or dict), an MLAGCN or a MultiLabelHead "
+            "'model' must be a checkpoint (path or dict), a save_pretrained folder, an MLAGCN "
+            "or a MultiLabelHead "
             f"(got {type(model).__name__})"
         )
     n = model.num_labels

@@ -3,7 +3,7 @@
 The graph head is folded into one linear layer of precomputed classifiers; the batch
 dimension is dynamic; label names and the preprocessing config travel in the archive.
 
-    python examples/export.py CKPT OUT.pt2 [--input-size 3 448 448] [--no-ema]
+    python examples/export.py CKPT_OR_FOLDER OUT.pt2 [--input-size 3 448 448] [--no-ema]
 
 Serve it with::
 
@@ -22,7 +22,8 @@ from agcn_pyg.export import export_model, load_exported
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint)")
+    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint), "
+                        "or a folder written by save_pretrained")
     parser.add_argument("output", help="where to write the exported program (.pt2)")
     parser.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
                         help="image size (default: the checkpoint's data_config input_size)")

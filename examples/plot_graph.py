@@ -8,7 +8,7 @@ Writes, from the checkpoint alone:
   (self-edges excluded), with a † on edges whose co-occurrence A is below ML-GCN's
   threshold 0.4; the markdown table is also printed.
 
-    python examples/plot_graph.py CKPT [--out DIR] [--labels fork knife ...] [--top-k 5]
+    python examples/plot_graph.py CKPT_OR_FOLDER [--out DIR] [--labels fork knife ...] [--top-k 5]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from agcn_pyg.visualize import (
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint)")
+    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint), "
+                        "or a folder written by save_pretrained")
     parser.add_argument("--out", default="graphs", help="output folder (default: graphs)")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="only these label names (heatmap rows and columns, table rows)")

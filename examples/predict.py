@@ -5,7 +5,7 @@ most probable ones; the 5 best when none passes), and can write JSON and CSV. Fo
 searched recursively; an unreadable file is reported on stderr and in the outputs (field
 ``error``) without stopping the batch.
 
-    python examples/predict.py CKPT IMAGE_OR_FOLDER [...] [--threshold 0.5] [--top-k 5]
+    python examples/predict.py CKPT_OR_FOLDER IMAGE_OR_FOLDER [...] [--threshold 0.5] [--top-k 5]
         [--batch-size 16] [--device cpu|cuda] [--json OUT] [--csv OUT] [--no-ema]
 """
 
@@ -16,12 +16,20 @@ import sys
 import warnings
 
 from agcn_pyg.cli import check_output_file, read_checkpoint, run
-from agcn_pyg.predict import check_options, find_images, predict, write_csv, write_json
+from agcn_pyg.predict import (
+    check_options,
+    find_images,
+    load_for_inference,
+    predict,
+    write_csv,
+    write_json,
+)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint)")
+    parser.add_argument("checkpoint", help="checkpoint written by agcn_pyg (save_checkpoint), "
+                        "or a folder written by save_pretrained")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--top-k", type=int, default=None,
@@ -57,8 +65,9 @@ def main(argv=None) -> int:
         files = check_args()
         state = read_checkpoint(args.checkpoint)
         warnings.showwarning = warn
+        model, names, _ = load_for_inference(state, use_ema=not args.no_ema)
         records = predict(
-            state, files, threshold=args.threshold, top_k=args.top_k,
+            model, files, threshold=args.threshold, top_k=args.top_k,
             batch_size=args.batch_size, device=args.device, use_ema=not args.no_ema,
             num_workers=args.workers, progress=not args.quiet,
         )
@@ -71,8 +80,8 @@ def main(argv=None) -> int:
                                   for n, s in zip(r["labels"], r["scores"], strict=True))
                 print(f"{r['path']}\t{shown}")
         if args.json:
-            names = state["label_names"] if args.all_scores else None
-            write_json(records, args.json, label_names=names, probabilities=args.all_scores)
+            write_json(records, args.json, label_names=names if args.all_scores else None,
+                       probabilities=args.all_scores)
         if args.csv:
             write_csv(records, args.csv)
         failed = sum(r["error"] is not None for r in records)
