@@ -131,15 +131,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
 
     path = os.fspath(path)
     if path.lower().endswith((".npz", ".npy")):
-        # Original JAX/Flax weights: only the model's own loader knows their layout (it
-        # raises on a missing array).
-        if not hasattr(backbone, "load_pretrained"):
-            raise ValueError(
-                f"'pretrained' {path!r} is a NumPy archive, which "
-                f"{type(backbone).__name__} cannot read; convert it to .safetensors"
-            )
-        backbone.load_pretrained(path)
-        return
+        raise ValueError(
+            f"'pretrained' {path!r} is a NumPy archive (original JAX/Flax weights); convert "
+            f"it to a timm .safetensors or .pth file first"
+        )
     try:
         state = load_state_dict(path, use_ema=True, weights_only=True)
     except Exception as e:  # unreadable, pickled objects, not a dict ...

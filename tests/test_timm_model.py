@@ -150,6 +150,12 @@ def test_reset_classifier():
     with torch.no_grad():
         torch.testing.assert_close(model(x), pooled)
 
+    # Another pooling in the backbone: the new head follows its pooled size.
+    model.reset_classifier(2, adj=graph(2), global_pool="catavgmax")
+    assert model.head.in_features == model.head_hidden_size == 2 * pooled.shape[-1]
+    with torch.no_grad():
+        assert model(x).shape == (2, 2)
+
 
 def test_timm_optimizer_layer_decay_scheduler_and_ema():
     from timm.optim import create_optimizer_v2
@@ -219,6 +225,9 @@ def test_pretrained_true_hub_names_and_tags_are_refused(tmp_path):
         create_model("resnet10t", 3, graph(3), pretrained="c3_in1k")
     with pytest.raises(ValueError, match="downloads nothing"):
         create_model("hf-hub:timm/resnet10t.c3_in1k", 3, graph(3))
+    (tmp_path / "w.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="NumPy archive"):
+        create_model("resnet10t", 3, graph(3), pretrained=tmp_path / "w.npz")
     with pytest.raises(ValueError, match="pretrained='path'"):
         create_model("resnet10t", 3, graph(3),
                      pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth")))
