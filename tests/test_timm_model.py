@@ -359,3 +359,32 @@ def test_predict_plot_export_accept_a_folder(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_coco_train_refuses_pretrained_keys_that_do_not_fit(tmp_path, capsys):
+    # Issue 12 item 6: a prefixed state dict used to train a random backbone silently.
+    import importlib.util
+    from pathlib import Path
+
+    from agcn_pyg import make_synthetic_coco
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "coco_train.py"
+    spec = importlib.util.spec_from_file_location("coco_train_for_timm_test", script)
+    coco_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coco_train)
+
+    data = make_synthetic_coco(tmp_path / "coco", num_train=8, num_val=4, num_labels=3,
+                               image_size=32, seed=0)
+    state = timm.create_model("resnet10t", num_classes=1000).state_dict()
+    torch.save({f"backbone.{k}": v for k, v in state.items()}, tmp_path / "prefixed.pth")
+    rc = coco_train.main([
+        "--train-ann", data.train_ann_file, "--train-images", data.train_image_dir,
+        "--val-ann", data.val_ann_file, "--val-images", data.val_image_dir,
+        "--model", "resnet10t", "--img-size", "32", "--epochs", "1", "--workers", "0",
+        "--no-progress", "--pretrained", str(tmp_path / "prefixed.pth"),
+        "--output", str(tmp_path / "run"),
+    ])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "does not fit the backbone 'resnet10t'" in err and "starts with 'backbone.'" in err
+    assert not (tmp_path / "run" / "last.pth").exists()
