@@ -458,7 +458,7 @@ def test_kill_9_leaves_readable_checkpoints(seed, tiny_coco, tmp_path):
     for name in ("last.pth", "best.pth"):
         if (out / name).exists():  # whatever is there is a whole checkpoint
             state = load_checkpoint(out / name)
-            assert state["label_names"] == tiny_coco.label_names and "model" in state
+            assert list(state["label_names"]) == list(tiny_coco.label_names) and "model" in state
     if (out / "log.jsonl").exists():
         for line in (out / "log.jsonl").read_text().splitlines():
             json.loads(line)
