@@ -250,6 +250,24 @@ class CocoMultiLabel(_MultiLabelImageDataset):
         self.image_ids = [i for i, ok in zip(image_ids, keep.tolist(), strict=True) if ok]
 
 
+def _read_json(path: str, arg: str) -> Any:
+    """``json.load`` of ``path``, its errors naming the file (json's own name a line only)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"'{arg}': '{path}' is not a JSON file ({e})") from None
+
+
+def _read_lines(path: str, arg: str) -> list[str]:
+    """The lines of a UTF-8 text file; a binary or otherwise encoded one is named."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"'{arg}': '{path}' is not a UTF-8 text file ({e})") from None
+
+
 def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file") -> Any:
     """Loads a COCO-format instances file (or its parsed dict) into a
     :class:`pycocotools.coco.COCO`, with clear errors instead of pycocotools' ``KeyError``.
@@ -267,11 +285,7 @@ def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file
     else:
         path = _require_path(ann_file, arg, is_dir=False)
         source = f"'{path}'"
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-            raise ValueError(f"'{arg}': {source} is not a JSON file ({e})") from None
+        data = _read_json(path, arg)
     if not isinstance(data, dict):
         raise ValueError(
             f"'{arg}': {source} must hold a COCO JSON object with 'images', 'annotations' "
@@ -325,8 +339,7 @@ def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file
 def _read_label_names(path: str) -> list[str]:
     """Reads label names from a ``.json`` (list or name->index dict) or text file."""
     if path.lower().endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = _read_json(path, "label_names_file")
         if isinstance(data, list):
             return [str(n) for n in data]
         if isinstance(data, dict):
@@ -347,8 +360,7 @@ def _read_label_names(path: str) -> list[str]:
             f"'label_names_file': expected a JSON list or dict "
             f"in '{path}', got {type(data).__name__}"
         )
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in _read_lines(path, "label_names_file") if line.strip()]
 
 
 class ListFileMultiLabel(_MultiLabelImageDataset):
@@ -418,16 +430,14 @@ class ListFileMultiLabel(_MultiLabelImageDataset):
             raise ValueError("pass 'label_names_file', 'image_labels_file' or both")
 
         entries: list[tuple[int, str, list[str]]] = []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                tokens = line.split()
-                if tokens and not tokens[0].startswith("#"):
-                    entries.append((lineno, tokens[0], tokens[1:]))
+        for lineno, line in enumerate(_read_lines(list_file, "list_file"), start=1):
+            tokens = line.split()
+            if tokens and not tokens[0].startswith("#"):
+                entries.append((lineno, tokens[0], tokens[1:]))
 
         if image_labels_file is not None:
             labels_path = _require_path(image_labels_file, "image_labels_file", is_dir=False)
-            with open(labels_path, encoding="utf-8") as f:
-                per_image = json.load(f)
+            per_image = _read_json(labels_path, "image_labels_file")
             if not isinstance(per_image, dict):
                 raise ValueError(
                     f"'image_labels_file': '{labels_path}' must hold a JSON "

@@ -462,3 +462,19 @@ def test_kill_9_leaves_readable_checkpoints(seed, tiny_coco, tmp_path):
     if (out / "log.jsonl").exists():
         for line in (out / "log.jsonl").read_text().splitlines():
             json.loads(line)
+
+
+def test_list_file_datasets_name_the_file_that_is_not_json_or_text(images3, tmp_path):
+    (tmp_path / "list.txt").write_text("1.png 0\n")
+    (tmp_path / "labels.json").write_text("{'1.png': [0]}")  # Python, not JSON
+    with pytest.raises(ValueError, match=r"'image_labels_file': '.*labels\.json' is not a "
+                                         r"JSON file \(Expecting property name"):
+        ListFileMultiLabel(tmp_path / "list.txt", images3,
+                           image_labels_file=tmp_path / "labels.json")
+    (tmp_path / "names.json").write_text("cat, dog")
+    with pytest.raises(ValueError, match=r"'label_names_file': '.*names\.json' is not a JSON"):
+        ListFileMultiLabel(tmp_path / "list.txt", images3, tmp_path / "names.json")
+    (tmp_path / "names.txt").write_text("cat\n")
+    (tmp_path / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match=r"'list_file': '.*binary\.txt' is not a UTF-8 text"):
+        ListFileMultiLabel(tmp_path / "binary.txt", images3, tmp_path / "names.txt")
