@@ -15,7 +15,7 @@ from torch_geometric import is_compiling
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
-from torch_geometric.typing import Adj, OptTensor, SparseTensor
+from torch_geometric.typing import Adj, OptTensor, PairTensor, SparseTensor
 from torch_geometric.utils import (
     add_remaining_self_loops,
     is_sparse,
@@ -30,7 +30,8 @@ class AdaptiveGraphs(NamedTuple):
     r"""The three graphs an :class:`AdaptiveGCNConv` layer aggregates with (eq. 3).
 
     For a dense adjacency, :obj:`A`, :obj:`B` and :obj:`C` are :obj:`[N, N]` matrices
-    (``B[i, j]`` = weight of the edge :math:`j \to i`) and :obj:`edge_index` is :obj:`None`.
+    (``B[i, j]`` = weight of the edge :math:`j \to i`; :obj:`[B, N, N]` for a dense batch,
+    :obj:`[N_dst, N_src]` for bipartite input) and :obj:`edge_index` is :obj:`None`.
     For sparse input they are :obj:`[E]` vectors aligned with :obj:`edge_index` (after
     self-loops were added). A graph that is switched off is :obj:`None`.
     """
@@ -60,14 +61,16 @@ class AdaptiveGCNConv(MessagePassing):
 
       .. math::
           e_{i,j} &= \mathrm{LeakyReLU}\left(\mathbf{a}_{d}^{\top}\mathbf{\Theta}_{d}
-          \mathbf{x}_i + \mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}\mathbf{x}_j\right)
+          \mathbf{x}_i + \mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}\mathbf{x}_j
+          \left[ + \mathbf{a}_{e}^{\top}\mathbf{\Theta}_{e}\mathbf{e}_{i,j} \right]\right)
 
           \alpha_{i,j} &= \mathrm{softmax}_{j \in \mathcal{N}(i)}\left(e_{i,j}\right)
 
           b_{i,j} &= \alpha_{i,j} + [i = j] \max_{k \in \mathcal{N}(i)} \alpha_{i,k}
 
       (eq. 4 is :math:`\mathbf{a}^{\top}[\mathbf{W}\mathbf{f}_i \,\|\, \mathbf{W}\mathbf{f}_j]`;
-      the concatenation splits into a target and a source half);
+      the concatenation splits into a target and a source half; the bracketed edge-feature
+      term exists only with :obj:`edge_dim`, as in :class:`~torch_geometric.nn.conv.GATConv`);
     * :math:`c_{i,j} = \cos(\mathbf{x}_i, \mathbf{x}_j)`, the similarity graph of the layer's
       input features (eq. 7), with :math:`0` for a zero vector.
 
@@ -79,7 +82,8 @@ class AdaptiveGCNConv(MessagePassing):
     :math:`3 \cdot d_l d_{l+1} + 3 d_{l+1}` parameters, which reproduces the paper's
     published parameter counts. Only :math:`\mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}` and
     :math:`\mathbf{a}_{d}^{\top}\mathbf{\Theta}_{d}` enter the scores, so the attention costs
-    two matrix-vector products, not two extra matrix products.
+    two matrix-vector products, not two extra matrix products (the same holds for the edge
+    features: :math:`\mathbf{a}_{e}^{\top}\mathbf{\Theta}_{e}` is one vector).
 
     Two execution paths give the same result:
 
@@ -90,15 +94,32 @@ class AdaptiveGCNConv(MessagePassing):
       \mathbf{B} + \mathbf{C}` is formed once and applied with one matrix product; for
       :math:`N > 2 d_{l+1}` the cosine term is applied as
       :math:`\hat{\mathbf{X}}(\hat{\mathbf{X}}^{\top}\mathbf{H})` without an :obj:`[N, N]`
-      matrix. No :obj:`[E, F]` or :obj:`[N, N, F]` intermediate is built.
-    * an :obj:`edge_index` (with optional :obj:`edge_weight`), a :obj:`torch.sparse` matrix
-      or a :class:`torch_sparse.SparseTensor` (transposed layout, ``adj_t[i, j]`` = weight of
-      :math:`j \to i`, as for :class:`~torch_geometric.nn.conv.GCNConv`) takes the
-      message-passing path. Only the stored entries are edges.
+      matrix. No :obj:`[E, F]` or :obj:`[N, N, F]` intermediate is built. A batch of graphs
+      padded to :obj:`N` nodes, :obj:`x [B, N, F]` with :obj:`adj [B, N, N]` and a node
+      :obj:`mask [B, N]` as :class:`~torch_geometric.nn.dense.DenseGATConv` takes them, runs
+      on the same path with batched products; padded nodes neither send nor receive and
+      their outputs are zero.
+    * an :obj:`edge_index` (with optional :obj:`edge_weight` and :obj:`edge_attr`), a
+      :obj:`torch.sparse` matrix or a :class:`torch_sparse.SparseTensor` (transposed layout,
+      ``adj_t[i, j]`` = weight of :math:`j \to i`, as for
+      :class:`~torch_geometric.nn.conv.GCNConv`) takes the message-passing path. Only the
+      stored entries are edges.
+
+    **Bipartite input** ``x = (x_src, x_dst)`` follows
+    :class:`~torch_geometric.nn.conv.GATConv`: messages :math:`\mathbf{\Theta}\mathbf{x}_j`
+    and :math:`\mathbf{\Theta}_{s}` read :obj:`x_src`, :math:`\mathbf{\Theta}_{d}` reads
+    :obj:`x_dst`, and :math:`c_{i,j}` compares :obj:`x_dst[i]` with :obj:`x_src[j]` (so it
+    needs equal feature sizes). Source and target nodes are different sets, so no node is its
+    own neighbour: there are no self-loops to add and eq. 6's self term is absent
+    (:obj:`add_self_loops=False` is required). A pair is always read as bipartite; a
+    homogeneous graph is passed as one tensor. This is what
+    :func:`~torch_geometric.nn.to_hetero` and :class:`~torch_geometric.nn.conv.HeteroConv`
+    call for edges between two node types.
 
     Args:
-        in_channels (int): Size of each input sample, or :obj:`-1` to derive it from the
-            first input.
+        in_channels (int or tuple): Size of each input sample, or :obj:`-1` to derive it from
+            the first input. A tuple :obj:`(src, dst)` gives the sizes of source and target
+            features of bipartite input (each may be :obj:`-1`).
         out_channels (int): Size of each output sample.
         attention (bool, optional): If set to :obj:`False`, leaves out :math:`\mathbf{B}`
             (the paper's Table 3 ablation) and its parameters. (default: :obj:`True`)
@@ -117,10 +138,23 @@ class AdaptiveGCNConv(MessagePassing):
             missing get no :math:`\max_k \alpha_{i,k}` term. As with PyG's
             :func:`~torch_geometric.utils.add_remaining_self_loops`, a node with several
             self-loops keeps one of them: coalesce such graphs first. Ignored for dense input, which
-            already contains every self-loop. (default: :obj:`True`)
+            already contains every self-loop. Must be :obj:`False` for bipartite input.
+            (default: :obj:`True`)
         fill_value (float, optional): The :math:`a_{i,i}` of an added self-loop; :obj:`1`
             matches a co-occurrence graph, where :math:`P(i \mid i) = 1`. Existing
-            self-loops keep their weight. (default: :obj:`1.0`)
+            self-loops keep their weight. As for :class:`~torch_geometric.nn.conv.GCNConv`,
+            it names the weight; the edge features of added self-loops are
+            :obj:`edge_fill_value`. (default: :obj:`1.0`)
+        edge_dim (int, optional): Edge feature dimensionality :math:`D` (:obj:`-1` to derive
+            it from the first :obj:`edge_attr`). Edge features enter eq. 4's score through
+            :obj:`lin_edge` (:math:`\mathbf{\Theta}_{e}`) and :obj:`att_edge`
+            (:math:`\mathbf{a}_{e}`), as in :class:`~torch_geometric.nn.conv.GATConv`; they
+            never change :math:`a_{i,j}`. Needs :obj:`attention=True`. (default: :obj:`None`)
+        edge_fill_value (float or torch.Tensor or str, optional): The edge features of added
+            self-loops (:class:`~torch_geometric.nn.conv.GATConv`'s :obj:`fill_value`): a
+            value, a :obj:`[D]` tensor, or a reduction (:obj:`"mean"`, :obj:`"add"`,
+            :obj:`"max"`, ...) of each node's incoming edge features.
+            (default: :obj:`"mean"`)
         cached (bool, optional): If set to :obj:`True`, the dense path computes
             :math:`\mathbf{C}` once and reuses it while :obj:`x` is the same tensor, unchanged
             and without gradient — for fixed inputs such as the node features of a first
@@ -134,15 +168,21 @@ class AdaptiveGCNConv(MessagePassing):
 
     Shapes:
         - **input:**
-          node features :math:`(|\mathcal{V}|, F_{in})`,
-          edge indices :math:`(2, |\mathcal{E}|)`, or a sparse or dense adjacency
-          :math:`(|\mathcal{V}|, |\mathcal{V}|)`,
-          edge weights :math:`(|\mathcal{E}|)` *(optional, edge indices only)*
-        - **output:** node features :math:`(|\mathcal{V}|, F_{out})` or
-          :math:`((|\mathcal{V}|, F_{out}), ((2, |\mathcal{E}|), (|\mathcal{E}|)))` if
-          :obj:`return_attention_weights=True`; the second element is a sparse matrix for
-          sparse input and an :obj:`[N, N]` matrix for dense input, holding the combined
-          coefficient :math:`a_{i,j} + b_{i,j} + c_{i,j}` of every edge.
+          node features :math:`(|\mathcal{V}|, F_{in})`, or
+          :math:`((|\mathcal{V}_s|, F_{s}), (|\mathcal{V}_t|, F_{t}))` if bipartite, or
+          :math:`(B, N, F_{in})` for a dense batch;
+          edge indices :math:`(2, |\mathcal{E}|)`, or a sparse adjacency
+          :math:`(|\mathcal{V}_t|, |\mathcal{V}_s|)`, or a dense adjacency
+          :math:`(|\mathcal{V}_t|, |\mathcal{V}_s|)` or :math:`(B, N, N)`;
+          edge weights :math:`(|\mathcal{E}|)` and edge features :math:`(|\mathcal{E}|, D)`
+          *(optional, edge indices only)*;
+          node mask :math:`(B, N)` *(optional, dense batches only)*
+        - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`, or
+          :math:`(B, N, F_{out})` for a dense batch; with :obj:`return_attention_weights=True`
+          also the combined coefficient :math:`a_{i,j} + b_{i,j} + c_{i,j}` of every edge:
+          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))` for edge indices, a sparse matrix in
+          the input's layout for sparse input, and the dense matrix (:obj:`[B, N, N]` for a
+          batch) for dense input.
 
     An empty graph or an isolated node is well defined: with self-loops added, node
     :math:`i` gets :math:`(a_{i,i} + 2 + c_{i,i})\mathbf{\Theta}\mathbf{x}_i + \mathbf{b}`
@@ -153,7 +193,7 @@ class AdaptiveGCNConv(MessagePassing):
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | tuple[int, int],
         out_channels: int,
         attention: bool = True,
         similarity: bool = True,
@@ -162,12 +202,20 @@ class AdaptiveGCNConv(MessagePassing):
         dropout: float = 0.0,
         add_self_loops: bool = True,
         fill_value: float = 1.0,
+        edge_dim: int | None = None,
+        edge_fill_value: float | Tensor | str = "mean",
         cached: bool = False,
         bias: bool = True,
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
+        in_src, in_dst = _check_in_channels(in_channels, similarity, share_weights)
+        if edge_dim is not None and not attention:
+            raise ValueError(
+                f"'edge_dim' needs attention=True: edge features enter eq. 4's attention "
+                f"score (got edge_dim={edge_dim}, attention=False)"
+            )
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -178,26 +226,31 @@ class AdaptiveGCNConv(MessagePassing):
         self.dropout = dropout
         self.add_self_loops = add_self_loops
         self.fill_value = fill_value
+        self.edge_dim = edge_dim
+        self.edge_fill_value = edge_fill_value
         self.cached = cached
-        self._cached_similarity: tuple[weakref.ref, int, Tensor] | None = None
+        self._cached_similarity: tuple | None = None
 
-        self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")
+        self.lin = Linear(in_src, out_channels, bias=False, weight_initializer="glorot")
+        self.lin_src = self.lin_dst = self.lin_edge = None
         if attention:
-            self.lin_src = Linear(
-                in_channels, out_channels, bias=False, weight_initializer="glorot"
-            )
-            if share_weights:
-                self.lin_dst = self.lin_src
-            else:
+            self.lin_src = Linear(in_src, out_channels, bias=False, weight_initializer="glorot")
+            self.lin_dst = self.lin_src
+            if not share_weights:
                 self.lin_dst = Linear(
-                    in_channels, out_channels, bias=False, weight_initializer="glorot"
+                    in_dst, out_channels, bias=False, weight_initializer="glorot"
                 )
             self.att_src = Parameter(torch.empty(1, out_channels))
             self.att_dst = Parameter(torch.empty(1, out_channels))
         else:
-            self.lin_src = self.lin_dst = None
             self.register_parameter("att_src", None)
             self.register_parameter("att_dst", None)
+
+        if edge_dim is not None:
+            self.lin_edge = Linear(edge_dim, out_channels, bias=False, weight_initializer="glorot")
+            self.att_edge = Parameter(torch.empty(1, out_channels))
+        else:
+            self.register_parameter("att_edge", None)
 
         if bias:
             self.bias = Parameter(torch.empty(out_channels))
@@ -209,139 +262,160 @@ class AdaptiveGCNConv(MessagePassing):
     def reset_parameters(self):
         super().reset_parameters()
         self._cached_similarity = None
-        self.lin.reset_parameters()
-        if self.attention:
-            self.lin_src.reset_parameters()
-            self.lin_dst.reset_parameters()
-            glorot(self.att_src)
-            glorot(self.att_dst)
+        for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge):
+            if lin is not None:
+                lin.reset_parameters()
+        glorot(self.att_src)
+        glorot(self.att_dst)
+        glorot(self.att_edge)
         zeros(self.bias)
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PairTensor,
         edge_index: Adj,
         edge_weight: OptTensor = None,
         return_attention_weights: bool | None = None,
+        edge_attr: OptTensor = None,
+        mask: OptTensor = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]] | tuple[Tensor, Tensor]:
         r"""Runs the layer.
 
         Args:
-            x (torch.Tensor): The node features :obj:`[N, in_channels]`.
+            x (torch.Tensor or (torch.Tensor, torch.Tensor)): The node features
+                :obj:`[N, in_channels]`, a pair :obj:`(x_src, x_dst)` for bipartite input, or
+                :obj:`[B, N, in_channels]` for a batch of dense graphs.
             edge_index (torch.Tensor or SparseTensor): The graph: :obj:`[2, E]` edge indices,
-                a sparse adjacency or a dense floating-point :obj:`[N, N]` adjacency.
+                a sparse adjacency :obj:`[N_dst, N_src]`, or a dense floating-point adjacency
+                :obj:`[N_dst, N_src]` or :obj:`[B, N, N]`.
             edge_weight (torch.Tensor, optional): The fixed weights :math:`a_{j \to i}` of
                 :obj:`edge_index`, :obj:`[E]`. (default: :obj:`None`, all ones)
             return_attention_weights (bool, optional): If set to :obj:`True`, also returns
                 the combined coefficient :math:`a + b + c` of every edge.
                 (default: :obj:`None`)
+            edge_attr (torch.Tensor, optional): Edge features :obj:`[E, edge_dim]` of
+                :obj:`edge_index` for eq. 4's score. (default: :obj:`None`)
+            mask (torch.Tensor, optional): Boolean node mask :obj:`[B, N]` of a dense batch
+                (as :func:`~torch_geometric.utils.to_dense_batch` returns it); masked nodes
+                neither send nor receive, and their outputs are zero. (default: :obj:`None`)
         """
-        self._check_x(x)
-        self._initialize_lazy(x)
-        h = self.lin(x)
-
+        x_src, x_dst, bipartite = self._node_features(x, edge_attr)
         if _is_dense_adjacency(edge_index):
-            if edge_weight is not None:
-                raise ValueError(
-                    "'edge_weight' must be None when 'edge_index' is a dense adjacency "
-                    "(its entries are the weights)"
-                )
-            return self._dense_forward(x, edge_index, h, return_attention_weights)
+            _check_dense_extras(edge_weight, edge_attr)
+            return self._dense_forward(
+                x_src, x_dst, edge_index, mask, bipartite, return_attention_weights
+            )
+        if mask is not None:
+            raise ValueError(
+                "'mask' marks the padded nodes of a dense batch and needs a dense adjacency "
+                f"'edge_index' (got {_describe(edge_index)})"
+            )
+        return self._sparse_forward(
+            x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite, return_attention_weights
+        )
 
-        edge_index, edge_weight, layout = self._edge_index_and_weight(x, edge_index, edge_weight)
-        a, b, c = self._edge_terms(x, edge_index, edge_weight)
+    @torch.no_grad()
+    def graphs(
+        self,
+        x: Tensor | PairTensor,
+        edge_index: Adj,
+        edge_weight: OptTensor = None,
+        edge_attr: OptTensor = None,
+        mask: OptTensor = None,
+    ) -> AdaptiveGraphs:
+        r"""Returns :math:`\mathbf{A}`, :math:`\mathbf{B}` and :math:`\mathbf{C}` (eq. 3)
+        separately, for inspection and plots; see :class:`AdaptiveGraphs`. Takes the inputs
+        of :meth:`forward`. Dropout is not applied."""
+        x_src, x_dst, bipartite = self._node_features(x, edge_attr)
+        training, self.training = self.training, False  # no dropout on B
+        try:
+            if _is_dense_adjacency(edge_index):
+                _check_dense_extras(edge_weight, edge_attr)
+                return self._dense_graphs(x_src, x_dst, edge_index, mask, bipartite)
+            graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
+            a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
+            return AdaptiveGraphs(graph.edge_index, a, b, c)
+        finally:
+            self.training = training
+
+    # Message passing ---------------------------------------------------------------------
+
+    def _sparse_forward(
+        self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite,
+        return_attention_weights,
+    ):
+        graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
+        a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
         alpha = a
         if b is not None:
             alpha = alpha + b
         if c is not None:
             alpha = alpha + c
 
-        out = self.propagate(edge_index, x=h, alpha=alpha)
+        size = (x_src.size(0), x_dst.size(0))
+        out = self.propagate(graph.edge_index, x=self.lin(x_src), alpha=alpha, size=size)
         if self.bias is not None:
             out = out + self.bias
 
         if return_attention_weights:
-            return out, _as_layout(edge_index, alpha, layout, x.size(0))
+            return out, _as_layout(graph.edge_index, alpha, graph.layout, size)
         return out
 
-    @torch.no_grad()
-    def graphs(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None) -> AdaptiveGraphs:
-        r"""Returns :math:`\mathbf{A}`, :math:`\mathbf{B}` and :math:`\mathbf{C}` (eq. 3)
-        separately, for inspection and plots; see :class:`AdaptiveGraphs`. Dropout is not
-        applied."""
-        self._check_x(x)
-        self._initialize_lazy(x)
-        if _is_dense_adjacency(edge_index):
-            self._check_dense(x, edge_index)
-            A = edge_index.to(x.dtype)
-            B = C = None
-            if self.attention:
-                B = self._dense_attention(*self._attention_scores(x), dropout=False)
-            if self.similarity:
-                x_hat = self._unit_features(x)
-                C = x_hat @ x_hat.t()
-            return AdaptiveGraphs(None, A, B, C)
-
-        edge_index, edge_weight, _ = self._edge_index_and_weight(x, edge_index, edge_weight)
-        training, self.training = self.training, False  # no dropout on B
-        try:
-            a, b, c = self._edge_terms(x, edge_index, edge_weight)
-        finally:
-            self.training = training
-        return AdaptiveGraphs(edge_index, a, b, c)
-
-    # Message passing ---------------------------------------------------------------------
-
-    def _edge_terms(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor):
+    def _edge_terms(self, x_src: Tensor, x_dst: Tensor, graph: _EdgeGraph, bipartite: bool):
         """(a, b, c) of every edge: eq. 3's three graphs on the message-passing path."""
+        edge_index = graph.edge_index
         return self.edge_updater(
             edge_index,
-            s=self._attention_scores(x),
-            c=self._edge_similarity(x, edge_index) if self.similarity else None,
-            edge_weight=edge_weight,
-            is_loop=edge_index[0] == edge_index[1],
+            s=self._attention_scores(x_src, x_dst),
+            s_edge=self._edge_scores(graph.edge_attr, x_src.dtype),
+            c=self._edge_similarity(x_src, x_dst, edge_index) if self.similarity else None,
+            edge_weight=graph.edge_weight,
+            # Bipartite: source j and target i are different nodes even when j == i.
+            is_loop=None if bipartite else edge_index[0] == edge_index[1],
+            size=(x_src.size(0), x_dst.size(0)),
         )
 
-    def _edge_similarity(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """c_ij = cos(x_i, x_j) of every edge j -> i (eq. 7)."""
-        x_hat = self._unit_features(x)
+    def _edge_similarity(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor) -> Tensor:
+        """c_ij = cos(x_dst_i, x_src_j) of every edge j -> i (eq. 7)."""
+        x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
         src, dst = edge_index[0], edge_index[1]
-        if is_compiling() or x_hat.dtype not in (torch.float32, torch.float64):
-            return (x_hat.index_select(0, dst) * x_hat.index_select(0, src)).sum(dim=-1)
+        if is_compiling() or x_hat_src.dtype not in (torch.float32, torch.float64):
+            return (x_hat_dst.index_select(0, dst) * x_hat_src.index_select(0, src)).sum(dim=-1)
         # The dot products sampled on the graph's pattern (SDDMM): no [E, F_in] gathers of
         # x_hat_i and x_hat_j, and about 3-4x less time on a sparse graph (benchmarks/NOTES.md).
-        n = x.size(0)
-        perm = (dst * n + src).argsort()
+        n_dst, n_src = x_dst.size(0), x_src.size(0)
+        perm = (dst * n_src + src).argsort()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            crow = F.pad(torch.bincount(dst, minlength=n).cumsum(0), (1, 0))
+            crow = F.pad(torch.bincount(dst, minlength=n_dst).cumsum(0), (1, 0))
             pattern = torch.sparse_csr_tensor(
-                crow, src[perm], x_hat.new_ones(perm.numel()), (n, n), check_invariants=False
+                crow, src[perm], x_hat_src.new_ones(perm.numel()), (n_dst, n_src),
+                check_invariants=False,
             )
-        values = torch.sparse.sampled_addmm(pattern, x_hat, x_hat.t(), beta=0.0).values()
+        values = torch.sparse.sampled_addmm(pattern, x_hat_dst, x_hat_src.t(), beta=0.0).values()
         return torch.empty_like(values).index_copy(0, perm, values)
 
     def edge_update(
         self,
         s_j: OptTensor,
         s_i: OptTensor,
+        s_edge: OptTensor,
         c: OptTensor,
         edge_weight: Tensor,
-        is_loop: Tensor,
+        is_loop: OptTensor,
         index: Tensor,
         ptr: OptTensor,
         dim_size: int | None,
     ) -> tuple[Tensor, OptTensor, OptTensor]:
         b = None
         if self.attention:
-            e = F.leaky_relu(s_i + s_j, self.negative_slope)  # eq. 4
+            e = s_i + s_j if s_edge is None else s_i + s_j + s_edge
+            e = F.leaky_relu(e, self.negative_slope)  # eq. 4
             if index.numel() == 0:
                 b = e
             else:
                 alpha = softmax(e, index, ptr, dim_size)  # eq. 5
-                row_max = scatter(alpha, index, dim=0, dim_size=dim_size, reduce="max")
-                b = alpha + is_loop.to(alpha.dtype) * row_max[index]  # eq. 6
-                b = F.dropout(b, p=self.dropout, training=self.training)
+                b = self._attention_graph(alpha, index, is_loop, dim_size)  # eq. 6
         return edge_weight, b, c
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
@@ -350,165 +424,213 @@ class AdaptiveGCNConv(MessagePassing):
 
     # Dense path --------------------------------------------------------------------------
 
-    def _dense_forward(self, x: Tensor, adj: Tensor, h: Tensor, return_attention_weights):
-        self._check_dense(x, adj)
-        n = x.size(0)
-        if n == 0:  # no nodes, as the sparse path: an empty output (an empty amax is an error)
-            out = h if self.bias is None else h + self.bias
-            return (out, adj.to(x.dtype)) if return_attention_weights else out
-        coef = adj.to(x.dtype)
+    def _dense_forward(self, x_src, x_dst, adj, mask, bipartite, return_attention_weights):
+        mask = _check_dense(x_src, x_dst, adj, mask, bipartite)
+        h = self.lin(x_src)
+        if mask is not None:
+            h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
+        coef = adj.to(x_src.dtype)
         if self.attention:
-            s_src, s_dst = self._attention_scores(x)
-            if self.dropout > 0.0 and self.training:
-                coef = coef + self._dense_attention(s_src, s_dst, dropout=True)
-            else:
-                # A + B with eq. 6's diagonal added in place: one N x N buffer, not three.
-                alpha = self._softmax_scores(s_src, s_dst)
-                coef = coef + alpha
-                coef.diagonal().add_(alpha.amax(dim=-1))
+            coef = coef + self._dense_attention(x_src, x_dst, mask, bipartite)
 
         factored = None
         if self.similarity:
-            # The cache lives outside the graph torch.compile traces: compiled, C is formed.
-            if self.cached and not x.requires_grad and not is_compiling():
-                coef = coef + self._similarity_matrix(x)
-            # C = x_hat x_hat^T costs N^2 F_in; applying it as x_hat (x_hat^T H) costs
-            # 2 N F_in F_out, the cheaper one for large label sets.
-            elif return_attention_weights or n <= 2 * self.out_channels:
-                x_hat = self._unit_features(x)
-                coef = torch.addmm(coef, x_hat, x_hat.t())  # eq. 7, fused with the sum
-            else:
-                factored = self._unit_features(x)
+            coef, factored = self._add_dense_similarity(coef, x_src, x_dst,
+                                                        return_attention_weights)
 
         out = coef @ h
         if factored is not None:
-            out = out + factored @ (factored.t() @ h)
+            x_hat_src, x_hat_dst = factored
+            out = out + x_hat_dst @ (x_hat_src.transpose(-1, -2) @ h)
         if self.bias is not None:
             out = out + self.bias
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)  # padded nodes output zeros
 
         if return_attention_weights:
-            return out, coef
+            return out, _mask_pairs(coef, mask)
         return out
 
-    def _similarity_matrix(self, x: Tensor) -> Tensor:
-        """C of eq. 7 for a fixed input, computed on the first call (:obj:`cached`)."""
-        # The same tensor object (a weak reference: a new tensor at a freed address is not
-        # mistaken for it), unchanged since (its version counter).
+    def _add_dense_similarity(self, coef, x_src, x_dst, return_attention_weights):
+        """coef + C (eq. 7); or coef and the unit features, for applying C factored."""
+        # The cache lives outside the graph torch.compile traces: compiled, C is formed.
+        if self.cached and not _requires_grad(x_src, x_dst) and not is_compiling():
+            return coef + self._similarity_matrix(x_src, x_dst), None
+        x_hat = self._unit_features(x_src, x_dst)
+        # C = x_hat x_hat^T costs N^2 F_in; applying it as x_hat (x_hat^T H) costs
+        # 2 N F_in F_out, the cheaper one for large label sets.
+        n_dst, n_src = coef.size(-2), coef.size(-1)
+        if return_attention_weights or n_dst * n_src <= self.out_channels * (n_dst + n_src):
+            return _add_product(coef, x_hat[1], x_hat[0]), None  # fused with the sum
+        return coef, x_hat
+
+    def _dense_graphs(self, x_src, x_dst, adj, mask, bipartite) -> AdaptiveGraphs:
+        mask = _check_dense(x_src, x_dst, adj, mask, bipartite)
+        A = _mask_pairs(adj.to(x_src.dtype), mask)
+        B = C = None
+        if self.attention:
+            B = _mask_pairs(self._dense_attention(x_src, x_dst, mask, bipartite), mask)
+        if self.similarity:
+            x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
+            C = _mask_pairs(x_hat_dst @ x_hat_src.transpose(-1, -2), mask)
+        return AdaptiveGraphs(None, A, B, C)
+
+    def _dense_attention(self, x_src, x_dst, mask: OptTensor, bipartite: bool) -> Tensor:
+        """B of eq. 4-6 as a dense [..., N_dst, N_src] matrix; masked nodes get no attention."""
+        s_src, s_dst = self._attention_scores(x_src, x_dst)
+        e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(-2), self.negative_slope)  # eq. 4
+        if mask is not None:
+            # The most negative finite score, not -inf: a fully masked row stays finite.
+            e = e.masked_fill(~mask.unsqueeze(-2), torch.finfo(e.dtype).min)
+        alpha = torch.softmax(e, dim=-1)  # eq. 5 over the complete graph
+        return self._attention_graph(alpha, diagonal=not bipartite)  # eq. 6
+
+    def _similarity_matrix(self, x_src: Tensor, x_dst: Tensor) -> Tensor:
+        """C of eq. 7 for fixed inputs, computed on the first call (:obj:`cached`)."""
+        # The same tensor objects (weak references: a new tensor at a freed address is not
+        # mistaken for one), unchanged since (their version counters).
+        key = (x_src._version, x_dst._version)
         cache = self._cached_similarity
-        if cache is None or cache[0]() is not x or cache[1] != x._version:
-            x_hat = self._unit_features(x)
-            cache = self._cached_similarity = (weakref.ref(x), x._version, x_hat @ x_hat.t())
-        return cache[2]
-
-    def _softmax_scores(self, s_src: Tensor, s_dst: Tensor) -> Tensor:
-        e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(0), self.negative_slope)  # eq. 4
-        return torch.softmax(e, dim=-1)  # eq. 5 over the complete graph
-
-    def _dense_attention(self, s_src: Tensor, s_dst: Tensor, dropout: bool) -> Tensor:
-        alpha = self._softmax_scores(s_src, s_dst)
-        b = alpha + torch.diag_embed(alpha.amax(dim=-1))  # eq. 6
-        if dropout:
-            b = F.dropout(b, p=self.dropout, training=self.training)
-        return b
+        if cache is None or cache[0]() is not x_src or cache[1]() is not x_dst or cache[2] != key:
+            x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
+            C = x_hat_dst @ x_hat_src.transpose(-1, -2)
+            cache = self._cached_similarity = (weakref.ref(x_src), weakref.ref(x_dst), key, C)
+        return cache[3]
 
     # Shared pieces -----------------------------------------------------------------------
 
-    def _attention_scores(self, x: Tensor) -> tuple[OptTensor, OptTensor]:
-        """The source and target halves of eq. 4's score, as x (W^T a): two [N] vectors."""
+    def _attention_graph(
+        self,
+        alpha: Tensor,
+        index: OptTensor = None,
+        is_loop: OptTensor = None,
+        dim_size: int | None = None,
+        diagonal: bool = False,
+    ) -> Tensor:
+        r"""Eq. 6, :math:`b_{i,j} = \alpha_{i,j} + [i = j] \max_k \alpha_{i,k}`, then attention
+        dropout. :obj:`alpha` is either per edge (:obj:`[E]`, with each edge's target
+        :obj:`index` and :obj:`is_loop`; no self term when :obj:`is_loop` is :obj:`None`) or
+        a dense :obj:`[..., N, N]` matrix whose diagonal holds the self-loops when
+        :obj:`diagonal` is set."""
+        if index is not None and is_loop is not None:
+            row_max = scatter(alpha, index, dim=0, dim_size=dim_size, reduce="max")
+            alpha = alpha + is_loop.to(alpha.dtype) * row_max[index]
+        elif diagonal and alpha.size(-1) > 0:  # (an empty graph has no row maximum)
+            b = alpha.clone()  # the softmax keeps alpha for its backward: add to a copy
+            b.diagonal(dim1=-2, dim2=-1).add_(alpha.amax(dim=-1))
+            alpha = b
+        return F.dropout(alpha, p=self.dropout, training=self.training)
+
+    def _attention_scores(self, x_src: Tensor, x_dst: Tensor) -> tuple[OptTensor, OptTensor]:
+        """The source and target halves of eq. 4's score, as x (W^T a): [..., N] vectors."""
         if not self.attention:
             return None, None
-        s_src = x @ (self.att_src @ self.lin_src.weight).squeeze(0)
-        s_dst = x @ (self.att_dst @ self.lin_dst.weight).squeeze(0)
+        s_src = x_src @ (self.att_src @ self.lin_src.weight).squeeze(0)
+        s_dst = x_dst @ (self.att_dst @ self.lin_dst.weight).squeeze(0)
         return s_src, s_dst
 
-    def _unit_features(self, x: Tensor) -> OptTensor:
+    def _edge_scores(self, edge_attr: OptTensor, dtype: torch.dtype) -> OptTensor:
+        """The edge-feature term of eq. 4's score, e_ij (W_e^T a_e): one [E] vector."""
+        if edge_attr is None:
+            return None
+        edge_attr = edge_attr.to(dtype)
+        if edge_attr.dim() == 1:
+            edge_attr = edge_attr.unsqueeze(-1)
+        return edge_attr @ (self.att_edge @ self.lin_edge.weight).squeeze(0)
+
+    def _unit_features(self, x_src: Tensor, x_dst: Tensor) -> tuple[Tensor, Tensor]:
         # F.normalize divides by max(||x||, eps): a zero vector stays zero, so cos = 0.
-        return F.normalize(x, p=2.0, dim=-1) if self.similarity else None
+        x_hat_src = F.normalize(x_src, p=2.0, dim=-1)
+        x_hat_dst = x_hat_src if x_dst is x_src else F.normalize(x_dst, p=2.0, dim=-1)
+        return x_hat_src, x_hat_dst
 
-    def _initialize_lazy(self, x: Tensor):
-        for lin in (self.lin, self.lin_src, self.lin_dst):
+    def _node_features(self, x, edge_attr: OptTensor) -> tuple[Tensor, Tensor, bool]:
+        """(x_src, x_dst, bipartite) from either input form, checked; lazy modules built."""
+        bipartite = isinstance(x, (tuple, list))
+        if bipartite:
+            _check_pair(x, self.add_self_loops)
+            x_src, x_dst = x
+        else:
+            x_src = x_dst = x
+        _check_features("x_src" if bipartite else "x", x_src, self.lin.in_channels)
+        _check_dtype("x_src" if bipartite else "x", x_src, self.lin.weight, self)
+        if bipartite:
+            _check_features("x_dst", x_dst, self._in_dst())
+            _check_pair_sizes(x_src, x_dst, self.in_channels, self.similarity)
+        if edge_attr is not None:
+            _check_edge_attr(edge_attr, self.lin_edge)
+        self._initialize_lazy(x_src, x_dst, edge_attr)
+        return x_src, x_dst, bipartite
+
+    def _initialize_lazy(self, x_src: Tensor, x_dst: Tensor, edge_attr: OptTensor):
+        for lin, inputs in ((self.lin, x_src), (self.lin_src, x_src), (self.lin_dst, x_dst),
+                            (self.lin_edge, edge_attr)):
             if lin is not None and isinstance(lin.weight, UninitializedParameter):
-                lin(x[:1])
+                lin(inputs.reshape(-1, inputs.size(-1) if inputs.dim() > 1 else 1)[:1])
 
-    def _check_x(self, x: Tensor):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"'x' must be a torch.Tensor of node features (got {type(x)})")
-        if x.dim() != 2:
-            raise ValueError(
-                f"'x' must be 2-dimensional [num_nodes, in_channels] (got shape {list(x.shape)})"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"'x' must be a floating-point tensor (got {x.dtype})")
-        in_channels = self.lin.in_channels
-        if in_channels > 0 and x.size(-1) != in_channels:
-            raise ValueError(
-                f"'x' has {x.size(-1)} features per node but {self} was built for "
-                f"{in_channels}"
-            )
-        weight = self.lin.weight
-        if (not isinstance(weight, UninitializedParameter) and x.dtype != weight.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
-            # No silent cast: convert one side, or let autocast choose per operation.
-            raise TypeError(
-                f"'x' is {x.dtype} but the weights of {self} are {weight.dtype}: convert "
-                f"one to the other (x.to(...) or conv.to(...)) or run under torch.autocast"
-            )
-        _check_finite("x", x)
+    def _in_dst(self) -> int:
+        if self.lin_dst is not None:
+            return self.lin_dst.in_channels
+        return self.lin.in_channels if isinstance(self.in_channels, int) else self.in_channels[1]
 
-    def _check_dense(self, x: Tensor, adj: Tensor):
-        n = x.size(0)
-        if adj.dim() != 2 or adj.size(0) != n or adj.size(1) != n:
-            raise ValueError(
-                f"dense adjacency 'edge_index' must be [N, N] with N = x.size(0) = {n} "
-                f"(got shape {list(adj.shape)})"
-            )
-        _check_finite("edge_index", adj)
-
-    def _edge_index_and_weight(
-        self, x: Tensor, edge_index: Adj, edge_weight: OptTensor
-    ) -> tuple[Tensor, Tensor, Adj | None]:
-        """Brings every sparse input form to (edge_index [2, E], edge_weight [E]), self-loops
-        appended last; also returns the sparse input itself to restore its layout."""
-        n = x.size(0)
+    def _sparse_graph(self, x_src, x_dst, edge_index, edge_weight, edge_attr) -> _EdgeGraph:
+        """Brings every sparse input form to edge_index [2, E] with edge_weight [E] (and
+        edge_attr), self-loops appended last; keeps the sparse input to restore its layout."""
+        _check_node_dims(x_src, x_dst)
+        n_src, n_dst = x_src.size(0), x_dst.size(0)
         layout = None
         if isinstance(edge_index, SparseTensor) or is_torch_sparse_tensor(edge_index):
-            if edge_weight is not None:
-                raise ValueError(
-                    "'edge_weight' must be None when 'edge_index' is a sparse adjacency "
-                    "(its values are the weights)"
-                )
-            if tuple(edge_index.size()) != (n, n):
-                raise ValueError(
-                    f"sparse adjacency 'edge_index' must be [N, N] with N = x.size(0) = {n} "
-                    f"(got shape {list(edge_index.size())})"
-                )
+            _check_sparse(edge_index, edge_weight, edge_attr, n_src, n_dst, x_src is x_dst)
             layout = edge_index
             if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
                 # PyG's to_edge_index would flag an uncoalesced input as coalesced in place.
                 edge_index = edge_index.coalesce()
             index, edge_weight = to_edge_index(edge_index)
+            if edge_weight.dim() != 1:
+                raise ValueError(
+                    f"sparse adjacency 'edge_index' must hold one weight per entry (got values "
+                    f"of shape {list(edge_weight.shape)})"
+                )
             edge_index = index.flip(0)  # adj_t[i, j] is the edge j -> i
         else:
-            _check_edge_index(edge_index, edge_weight, n)
+            _check_edge_index(edge_index, edge_weight, edge_attr, n_src, n_dst, x_src is x_dst)
             edge_index = edge_index.long()
 
         if edge_weight is None:
-            edge_weight = x.new_ones(edge_index.size(1))
+            edge_weight = x_src.new_ones(edge_index.size(1))
         else:
             _check_finite("edge_weight", edge_weight)  # or the sparse adjacency's values
-            edge_weight = edge_weight.to(x.dtype)
+            edge_weight = edge_weight.to(x_src.dtype)
 
-        if self.add_self_loops:
-            edge_index, edge_weight = add_remaining_self_loops(
-                edge_index, edge_weight, self.fill_value, n
+        if self.add_self_loops:  # homogeneous here: bipartite input was refused
+            loops, edge_weight = add_remaining_self_loops(
+                edge_index, edge_weight, self.fill_value, n_src
             )
-        return edge_index, edge_weight, layout
+            if edge_attr is not None:
+                _, edge_attr = add_remaining_self_loops(
+                    edge_index, edge_attr, self.edge_fill_value, n_src
+                )
+            edge_index = loops
+        return _EdgeGraph(edge_index, edge_weight, edge_attr, layout)
 
     def __repr__(self) -> str:
         extra = "".join(
             f", {name}=False" for name in ("attention", "similarity") if not getattr(self, name)
         )
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}{extra})"
+
+
+class _EdgeGraph(NamedTuple):
+    """A sparse input graph in edge-list form (self-loops added); `layout` is the sparse
+    matrix it came as, if any."""
+
+    edge_index: Tensor
+    edge_weight: Tensor
+    edge_attr: OptTensor
+    layout: Adj | None
+
+
+# Dense helpers -----------------------------------------------------------------------------
 
 
 def _is_dense_adjacency(edge_index: Adj) -> bool:
@@ -519,7 +641,192 @@ def _is_dense_adjacency(edge_index: Adj) -> bool:
     )
 
 
-def _check_edge_index(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int):
+def _add_product(coef: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """coef + a b^T, fused into one buffer where the shapes allow it."""
+    if coef.dim() == a.dim() == 2:
+        return torch.addmm(coef, a, b.t())
+    if coef.dim() == a.dim() == 3 and coef.size(0) == a.size(0):
+        return torch.baddbmm(coef, a, b.transpose(-1, -2))
+    return coef + a @ b.transpose(-1, -2)
+
+
+def _mask_pairs(coef: Tensor, mask: OptTensor) -> Tensor:
+    """Zeroes every pair that involves a masked node."""
+    if mask is None:
+        return coef
+    return coef * (mask.unsqueeze(-1) & mask.unsqueeze(-2)).to(coef.dtype)
+
+
+def _requires_grad(*tensors: Tensor) -> bool:
+    return any(t.requires_grad for t in tensors)
+
+
+# Input checks ------------------------------------------------------------------------------
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.layout} tensor of shape {list(value.shape)} and dtype {value.dtype}"
+    return str(type(value))
+
+
+def _check_in_channels(in_channels, similarity: bool, share_weights: bool) -> tuple[int, int]:
+    """(in_src, in_dst) from an int or a (src, dst) pair; -1 means lazy."""
+    if isinstance(in_channels, int):
+        return in_channels, in_channels
+    if not (isinstance(in_channels, (tuple, list)) and len(in_channels) == 2
+            and all(isinstance(c, int) for c in in_channels)):
+        raise TypeError(
+            f"'in_channels' must be an int or a (src, dst) pair of ints, -1 for lazy "
+            f"(got {in_channels!r})"
+        )
+    in_src, in_dst = in_channels
+    if in_src > 0 and in_dst > 0 and in_src != in_dst:
+        if similarity:
+            raise ValueError(
+                f"similarity=True compares target with source features (eq. 7) and needs "
+                f"equal sizes (got in_channels={tuple(in_channels)}); pass similarity=False"
+            )
+        if share_weights:
+            raise ValueError(
+                f"share_weights=True applies one matrix to source and target features and "
+                f"needs equal sizes (got in_channels={tuple(in_channels)})"
+            )
+    return in_src, in_dst
+
+
+def _check_pair(x, add_self_loops: bool):
+    if len(x) != 2:
+        raise ValueError(f"bipartite 'x' must be a pair (x_src, x_dst) (got {len(x)} items)")
+    if x[1] is None:
+        raise ValueError(
+            "'x' = (x_src, None) is not supported: W_dst (eq. 4) and the cosine term (eq. 7) "
+            "need the target features x_dst"
+        )
+    if add_self_loops:
+        raise ValueError(
+            "bipartite input x = (x_src, x_dst) needs add_self_loops=False: sources and "
+            "targets are different node sets, so no node is its own neighbour (got "
+            "add_self_loops=True)"
+        )
+
+
+def _check_features(name: str, x, in_channels: int):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor of node features (got {type(x)})")
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            f"'{name}' must be [num_nodes, in_channels], or [batch, num_nodes, in_channels] "
+            f"with a dense adjacency (got shape {list(x.shape)})"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"'{name}' must be a floating-point tensor (got {x.dtype})")
+    if in_channels > 0 and x.size(-1) != in_channels:
+        raise ValueError(
+            f"'{name}' has {x.size(-1)} features per node but the layer was built for "
+            f"{in_channels}"
+        )
+    _check_finite(name, x)
+
+
+def _check_dtype(name: str, x: Tensor, weight: Tensor, conv):
+    if (not isinstance(weight, UninitializedParameter) and x.dtype != weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)):
+        # No silent cast: convert one side, or let autocast choose per operation.
+        raise TypeError(
+            f"'{name}' is {x.dtype} but the weights of {conv} are {weight.dtype}: convert "
+            f"one to the other ({name}.to(...) or conv.to(...)) or run under torch.autocast"
+        )
+
+
+def _check_pair_sizes(x_src: Tensor, x_dst: Tensor, in_channels, similarity: bool):
+    if x_src.dtype != x_dst.dtype or x_src.device != x_dst.device:
+        raise TypeError(
+            f"'x_src' and 'x_dst' must share dtype and device (got {x_src.dtype} on "
+            f"{x_src.device} and {x_dst.dtype} on {x_dst.device})"
+        )
+    f_src, f_dst = x_src.size(-1), x_dst.size(-1)
+    if f_src == f_dst:
+        return
+    if isinstance(in_channels, int):
+        raise ValueError(
+            f"'x_src' has {f_src} features and 'x_dst' {f_dst}, but in_channels="
+            f"{in_channels} is one size: pass in_channels=(src, dst), e.g. (-1, -1)"
+        )
+    if similarity:
+        raise ValueError(
+            f"similarity=True compares x_dst[i] with x_src[j] (eq. 7) and needs equal feature "
+            f"sizes (got {f_src} and {f_dst}); pass similarity=False"
+        )
+
+
+def _check_node_dims(x_src: Tensor, x_dst: Tensor):
+    if x_src.dim() != 2 or x_dst.dim() != 2:
+        shapes = [list(x_src.shape)] if x_src is x_dst else [list(x_src.shape),
+                                                             list(x_dst.shape)]
+        raise ValueError(
+            f"node features must be 2-dimensional [num_nodes, in_channels] with an edge_index "
+            f"or sparse adjacency; batches [B, N, F] need a dense adjacency (got {shapes})"
+        )
+
+
+def _check_dense_extras(edge_weight: OptTensor, edge_attr: OptTensor):
+    for name, value in (("edge_weight", edge_weight), ("edge_attr", edge_attr)):
+        if value is not None:
+            raise ValueError(
+                f"'{name}' must be None when 'edge_index' is a dense adjacency (its entries "
+                f"are the weights; edge features need an edge_index)"
+            )
+
+
+def _check_dense(x_src: Tensor, x_dst: Tensor, adj: Tensor, mask: OptTensor,
+                 bipartite: bool) -> OptTensor:
+    """Checks a dense (batched) input; returns the mask as bool (or None)."""
+    n_src, n_dst = x_src.size(-2), x_dst.size(-2)
+    expected = f"[{n_dst}, {n_src}]" if bipartite else f"[N, N] with N = x.size(-2) = {n_src}"
+    if adj.dim() not in (2, 3) or adj.shape[-2:] != (n_dst, n_src):
+        raise ValueError(
+            f"dense adjacency 'edge_index' must be {expected} or [B, {n_dst}, {n_src}] to match "
+            f"the node features (got shape {list(adj.shape)})"
+        )
+    _check_finite("edge_index", adj)
+    batches = {t.size(0) for t in (x_src, x_dst, adj) if t.dim() == 3}
+    if len(batches) > 1 or (bipartite and x_src.dim() != x_dst.dim()):
+        raise ValueError(
+            f"dense batch sizes differ: x {[list(t.shape) for t in (x_src, x_dst)]}, "
+            f"adjacency {list(adj.shape)}"
+        )
+    if mask is None:
+        return None
+    if bipartite:
+        raise ValueError("'mask' needs homogeneous input (one node set), not (x_src, x_dst)")
+    shape = [*batches, n_src] if batches else [n_src]
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or list(mask.shape) != shape:
+        raise ValueError(
+            f"'mask' must be a bool tensor of shape {shape} (as to_dense_batch returns it) "
+            f"(got {_describe(mask)})"
+        )
+    return mask
+
+
+def _check_sparse(adj, edge_weight, edge_attr, n_src: int, n_dst: int, homogeneous: bool):
+    for name, value in (("edge_weight", edge_weight), ("edge_attr", edge_attr)):
+        if value is not None:
+            raise ValueError(
+                f"'{name}' must be None when 'edge_index' is a sparse adjacency (its values "
+                f"are the weights; edge features need an edge_index)"
+            )
+    size = tuple(adj.sparse_sizes()) if isinstance(adj, SparseTensor) else tuple(adj.shape)
+    if size != (n_dst, n_src):
+        expected = f"[N, N] with N = x.size(0) = {n_src}" if homogeneous else (
+            f"[N_dst, N_src] = [{n_dst}, {n_src}]")
+        raise ValueError(
+            f"sparse adjacency 'edge_index' must be {expected} (got shape {list(size)})"
+        )
+
+
+def _check_edge_index(edge_index, edge_weight: OptTensor, edge_attr: OptTensor,
+                      n_src: int, n_dst: int, homogeneous: bool):
     if not isinstance(edge_index, Tensor):
         raise TypeError(
             "'edge_index' must be a [2, E] integer tensor, a sparse adjacency or a dense "
@@ -532,23 +839,36 @@ def _check_edge_index(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int
         )
     if edge_index.dtype not in (torch.long, torch.int):
         raise TypeError(f"'edge_index' must be an integer tensor (got {edge_index.dtype})")
+    num_edges = edge_index.size(1)
     if edge_weight is not None:
-        if edge_weight.dim() != 1 or edge_weight.numel() != edge_index.size(1):
+        if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
             raise ValueError(
-                f"'edge_weight' must have shape [E] = [{edge_index.size(1)}] to match "
+                f"'edge_weight' must have shape [E] = [{num_edges}] to match "
                 f"'edge_index' (got {list(edge_weight.shape)})"
             )
-    # Reading values synchronises the device: skipped while compiling (a graph break), and on
-    # a GPU done once per graph tensor (and node count), not at every step.
-    if is_compiling() or edge_index.numel() == 0 or _validated(edge_index, num_nodes):
-        return
-    low, high = int(edge_index.min()), int(edge_index.max())
-    if low < 0 or high >= num_nodes:
+    if edge_attr is not None and edge_attr.size(0) != num_edges:
         raise ValueError(
-            f"'edge_index' holds node indices in [{low}, {high}], outside [0, {num_nodes - 1}] "
-            f"for x with {num_nodes} nodes"
+            f"'edge_attr' must have one row per edge, [{num_edges}, edge_dim] to match "
+            f"'edge_index' (got {list(edge_attr.shape)})"
         )
-    _remember_valid(edge_index, num_nodes)
+    # Reading values synchronises the device: skipped while compiling (a graph break), and on
+    # a GPU done once per graph tensor (and node counts), not at every step.
+    sizes = (n_src, n_dst)
+    if is_compiling() or num_edges == 0 or _validated(edge_index, sizes):
+        return
+    low, high = edge_index.amin(dim=1).tolist(), edge_index.amax(dim=1).tolist()
+    if homogeneous and (min(low) < 0 or max(high) >= n_src):
+        raise ValueError(
+            f"'edge_index' holds node indices in [{min(low)}, {max(high)}], outside "
+            f"[0, {n_src - 1}] for x with {n_src} nodes"
+        )
+    for k, (row, name, n) in enumerate((("source", "x_src", n_src), ("target", "x_dst", n_dst))):
+        if low[k] < 0 or high[k] >= n:
+            raise ValueError(
+                f"'edge_index' holds {row} indices in [{low[k]}, {high[k]}], outside "
+                f"[0, {n - 1}] for {name} with {n} nodes"
+            )
+    _remember_valid(edge_index, sizes)
 
 
 # GPU tensors already checked, by id: (weak reference, version, what was checked). A fixed input
@@ -587,14 +907,41 @@ def _check_finite(name: str, t: Tensor):
     _remember_valid(t, "finite")
 
 
-def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, n: int):
+def _check_edge_attr(edge_attr, lin_edge: Linear | None):
+    if lin_edge is None:
+        raise ValueError(
+            "'edge_attr' was given but the layer was built without edge features "
+            "(edge_dim=None): pass edge_dim to use them in eq. 4's score; the fixed "
+            "weights a_ij are 'edge_weight'"
+        )
+    edge_dim = lin_edge.in_channels
+    if not isinstance(edge_attr, Tensor) or not edge_attr.is_floating_point():
+        raise TypeError(
+            f"'edge_attr' must be a floating-point tensor [E, edge_dim] (got "
+            f"{_describe(edge_attr)})"
+        )
+    if edge_attr.dim() not in (1, 2):
+        raise ValueError(
+            f"'edge_attr' must be [E, edge_dim] or [E] (got shape {list(edge_attr.shape)})"
+        )
+    size = edge_attr.size(-1) if edge_attr.dim() == 2 else 1
+    if edge_dim > 0 and size != edge_dim:
+        raise ValueError(
+            f"'edge_attr' has {size} features per edge but the layer was built with "
+            f"edge_dim={edge_dim}"
+        )
+    _check_finite("edge_attr", edge_attr)
+
+
+def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, size: tuple[int, int]):
     """Returns per-edge coefficients in the layout the graph came in."""
     if layout is None:
         return edge_index, alpha
     row, col = edge_index[1], edge_index[0]  # back to adj_t[target, source]
+    shape = (size[1], size[0])
     if isinstance(layout, SparseTensor):
-        return SparseTensor(row=row, col=col, value=alpha, sparse_sizes=(n, n))
-    out = torch.sparse_coo_tensor(torch.stack([row, col]), alpha, (n, n)).coalesce()
+        return SparseTensor(row=row, col=col, value=alpha, sparse_sizes=shape)
+    out = torch.sparse_coo_tensor(torch.stack([row, col]), alpha, shape).coalesce()
     if layout.layout == torch.sparse_csr:
         return out.to_sparse_csr()
     if layout.layout == torch.sparse_csc:

@@ -1,4 +1,7 @@
-"""Shared pytest set-up: tests marked ``cuda`` skip on machines without a GPU."""
+"""Shared pytest set-up: tests marked ``cuda`` skip on machines without a GPU; tests marked
+``sparse`` fail instead of skipping where AGCN_REQUIRE_TORCH_SPARSE=1 (CI's sparse step)."""
+
+import os
 
 import pytest
 import torch
@@ -11,3 +14,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A missing torch-sparse must not pass as green where the sparse tests are required."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and item.get_closest_marker("sparse") is not None
+            and os.environ.get("AGCN_REQUIRE_TORCH_SPARSE") == "1"):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} skipped ({report.longrepr}) but AGCN_REQUIRE_TORCH_SPARSE=1 "
+            "requires it to run"
+        )

@@ -389,13 +389,13 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize(
     "make,error,match",
     [
-        (lambda x: (x[0], torch.rand(5, 5)), ValueError, "'x' must be 2-dimensional"),
+        (lambda x: (x[0], torch.rand(5, 5)), ValueError, r"'x' must be \[num_nodes, in_channels\]"),
         (lambda x: (x, torch.zeros(3, 4, dtype=torch.long)), ValueError, r"\[2, E\]"),
         (lambda x: (x, torch.zeros(2, 4, dtype=torch.bool)), TypeError, "integer"),
         (lambda x: (x, torch.tensor([[0, -1], [1, 2]])), ValueError, "outside"),
         (lambda x: (x, torch.tensor([[0, 5], [1, 2]])), ValueError, "outside"),
         (lambda x: (x, torch.tensor([[0, 1], [1, 2]]), torch.ones(3)), ValueError, "edge_weight"),
-        (lambda x: (x, torch.rand(4, 4)), ValueError, r"\[N, N\] with N = x.size\(0\) = 5"),
+        (lambda x: (x, torch.rand(4, 4)), ValueError, r"\[N, N\] with N = x.size\(-2\) = 5"),
         (lambda x: (x, torch.rand(5, 5), torch.ones(25)), ValueError, "edge_weight"),
         (lambda x: (x, torch.rand(4, 4).to_sparse()), ValueError, "sparse adjacency"),
         (lambda x: (x.long(), torch.rand(5, 5)), TypeError, "floating-point"),
