@@ -37,6 +37,7 @@ the three graphs at any size and builds rows of them on demand.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -145,82 +146,96 @@ def _leaky(z: Tensor, slope: float) -> Tensor:
     return torch.where(z > 0, z, slope * z)
 
 
-def _split_sums(keys: Tensor, values: Tensor, w_pos: Tensor, w_neg: Tensor, queries: Tensor):
-    r"""For every query :math:`q`, the two sums
-    :math:`\sum_{r: k_r > q} w^+_r \mathbf{v}_r` and :math:`\sum_{r: k_r \le q} w^-_r
-    \mathbf{v}_r`, by sorting the keys once and taking cumulative sums (both :obj:`[Q, C]`)."""
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot products of two [N, F] tensors, without an [N, F] product."""
+    return torch.einsum("nf,nf->n", a, b)
+
+
+def _split_sums(
+    keys: Tensor, values: Tensor, extra: Tensor, w_pos: Tensor, w_neg: Tensor, queries: Tensor
+) -> list[Tensor]:
+    r"""For every query :math:`q`, the sums :math:`\sum_{r: k_r > q} w^+_r \mathbf{v}_r` and
+    :math:`\sum_{r: k_r \le q} w^-_r \mathbf{v}_r` (:obj:`[Q, C]`), and the same sums of
+    :obj:`extra` (:obj:`[Q]`), by sorting the keys once and taking cumulative sums:
+    ``[above, above_extra, below, below_extra]``."""
     n = keys.numel()
     sorted_keys, order = keys.sort()
     split = torch.searchsorted(sorted_keys, queries, right=True)  # number of keys <= q
     # One [n + 1, C] buffer, a zero row first: row r holds the sum of the first r terms.
-    buf = values.new_zeros(n + 1, values.size(1))
-    rest = buf[1:]
-    reverse = order.flip(0)
-    torch.index_select(values, 0, reverse, out=rest)
-    rest.mul_(w_pos.index_select(0, reverse).unsqueeze(-1))
-    buf.cumsum_(0)
-    above = buf.index_select(0, n - split)  # the n - split largest keys
-    torch.index_select(values, 0, order, out=rest)
-    rest.mul_(w_neg.index_select(0, order).unsqueeze(-1))
-    buf.cumsum_(0)
-    below = buf.index_select(0, split)
-    return above, below
+    buf = values.new_empty(n + 1, values.size(1))
+    buf[0] = 0.0
+    out = []
+    # The largest keys first (sums above q), then the smallest (sums up to q).
+    for index, weight, rows in ((order.flip(0), w_pos, n - split), (order, w_neg, split)):
+        weight = weight.index_select(0, index)
+        torch.index_select(values, 0, index, out=buf[1:])
+        buf[1:].mul_(weight.unsqueeze(-1))
+        buf.cumsum_(0)
+        out.append(buf.index_select(0, rows))
+        out.append(F.pad((extra.index_select(0, index) * weight).cumsum(0), (1, 0))[rows])
+    return out
 
 
-def _take_self_terms(above: Tensor, below: Tensor, w_self: Tensor, positive: Tensor, v: Tensor):
-    """Removes the j = i term, w_self * v, from the part (above or below) it was summed in."""
-    above.sub_((w_self * positive).unsqueeze(-1) * v)
-    below.sub_((w_self * ~positive).unsqueeze(-1) * v)
+def _take_self_terms(parts: list[Tensor], w_self: Tensor, positive: Tensor, v: Tensor, e: Tensor):
+    """Removes the j = i term, w_self * (v, e), from the part (above or below) it is in."""
+    above, above_e, below, below_e = parts
+    w_above, w_below = w_self * positive, w_self * ~positive
+    above.sub_(w_above.unsqueeze(-1) * v)
+    below.sub_(w_below.unsqueeze(-1) * v)
+    above_e.sub_(w_above * e)
+    below_e.sub_(w_below * e)
 
 
 class _SortedAttention(torch.autograd.Function):
     """out = B h over the complete graph (eq. 4-6); forward and backward by sorted sums.
 
     The backward pass sorts the targets by s and aggregates the gradient from targets to
-    sources in the same way. Saved: h, s, t, two [N, F] and two [N] tensors.
+    sources in the same way. Saved: h, s, t, two [N, F] and three [N] tensors.
     """
 
     @staticmethod
     def forward(
         ctx, h: Tensor, s: Tensor, t: Tensor, loop: Tensor | None, slope: float, acc: torch.dtype
     ):
-        n, f = h.shape
-        s64, t64 = s.to(acc), t.to(acc)
+        s64, t64, values = s.to(acc), t.to(acc), h.to(acc)
         top = t64.max()
         m = _leaky(s64 + top, slope)  # the row maximum of e_ij (eq. 4): LeakyReLU is monotone
         # Positive part (s_i + t_j > 0): exp(e_ij - m_i) = exp(t_j - top), since m_i = s_i + top
         # there. Negative part: exp(slope (t_j - top)) * exp(slope (s_i + top) - m_i). All <= 1.
-        values = torch.cat([h.to(acc), h.new_ones(n, 1, dtype=acc)], dim=1)
-        above, below = _split_sums(
-            t64, values, torch.exp(t64 - top), torch.exp(slope * (t64 - top)), -s64
-        )
-        below.mul_(torch.exp(slope * (s64 + top) - m).unsqueeze(-1))
+        parts = _split_sums(
+            t64, values, torch.ones_like(t64), torch.exp(t64 - top),
+            torch.exp(slope * (t64 - top)), -s64,
+        )  # fmt: skip
+        f_neg = torch.exp(slope * (s64 + top) - m)
+        parts[2].mul_(f_neg.unsqueeze(-1))
+        parts[3].mul_(f_neg)
         if loop is not None:
             e_self = s64 + t64
             w_self = torch.exp(_leaky(e_self, slope) - m) * ~loop
-            _take_self_terms(above, below, w_self, e_self > 0, values)
-        z = above[:, f] + below[:, f]  # eq. 5's normaliser, >= 1 (the row maximum's term is 1)
-        p = above[:, :f] / z.unsqueeze(-1)  # sum_j alpha_ij h_j over s_i + t_j > 0 ...
-        q = below[:, :f] / z.unsqueeze(-1)  # ... and over the rest
+            _take_self_terms(parts, w_self, e_self > 0, values, torch.ones_like(t64))
+        above, above_z, below, below_z = parts
+        z = above_z + below_z  # eq. 5's normaliser, >= 1 (the row maximum's term is 1)
+        p = above.div_(z.unsqueeze(-1))  # sum_j alpha_ij h_j over s_i + t_j > 0 ...
+        q = below.div_(z.unsqueeze(-1))  # ... and over the rest
         beta = 1.0 / z if loop is None else loop / z  # eq. 6: max_k alpha_ik = 1 / Z_i
-        out = p + q + beta.unsqueeze(-1) * values[:, :f]
+        out = torch.add(p, q).addcmul_(beta.unsqueeze(-1), values)
 
         ctx.slope, ctx.acc = slope, acc
-        ctx.save_for_backward(
-            h, s, t, loop, z, p.to(h.dtype), q.to(h.dtype), above[:, f] / z, below[:, f] / z
-        )
+        ctx.save_for_backward(h, s, t, loop, z, p.to(h.dtype), q.to(h.dtype), above_z / z,
+                              below_z / z)  # fmt: skip
         return out.to(h.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         h, s, t, loop, z, p, q, p_z, q_z = ctx.saved_tensors
-        slope, acc, f = ctx.slope, ctx.acc, h.size(1)
+        slope, acc = ctx.slope, ctx.acc
         g, h64, p, q = grad.to(acc), h.to(acc), p.to(acc), q.to(acc)
         s64, t64 = s.to(acc), t.to(acc)
         beta = 1.0 / z if loop is None else loop / z
-        g_self = (g * h64).sum(-1)  # dL/d beta_i (eq. 6's self term)
-        g_p, g_q = (g * p).sum(-1), (g * q).sum(-1)
+        g_self = _rowdot(g, h64)  # dL/d beta_i (eq. 6's self term)
+        g_p, g_q = _rowdot(g, p), _rowdot(g, q)
+        del p, q
 
         # Softmax backward: dL/de_ij = alpha_ij (gamma_ij - sum_k alpha_ik gamma_ik) with
         # gamma_ij = g_i.h_j + [j in T] G_i beta_i / (|T| alpha_ij), T = argmax t: torch.amax
@@ -242,28 +257,31 @@ class _SortedAttention(torch.autograd.Function):
             # with the largest s. Weights w_ij = exp(e_ij - m_i) split as (per source) x
             # (per target), each <= 1, as in the forward pass.
             c = (g_p + g_q + g_self * beta) / z  # sum_k alpha_ik gamma_ik / Z_i
-            values = torch.cat([g / z.unsqueeze(-1), c.unsqueeze(-1)], dim=1)
-            above, below = _split_sums(
-                s64, values, torch.exp(s64 + top - m), torch.exp(slope * (s64 + top) - m), -t64
+            g_z = g / z.unsqueeze(-1)
+            parts = _split_sums(
+                s64, g_z, c, torch.exp(s64 + top - m), torch.exp(slope * (s64 + top) - m), -t64
             )
-            above.mul_(torch.exp(t64 - top).unsqueeze(-1))
-            below.mul_(torch.exp(slope * (t64 - top)).unsqueeze(-1))
+            b_pos, b_neg = torch.exp(t64 - top), torch.exp(slope * (t64 - top))
+            for part, b in zip(parts, (b_pos, b_pos, b_neg, b_neg), strict=True):
+                part.mul_(b.unsqueeze(-1) if part.dim() == 2 else b)
             if loop is not None:
                 e_self = s64 + t64
                 w_self = torch.exp(_leaky(e_self, slope) - m) * ~loop
-                _take_self_terms(above, below, w_self, e_self > 0, values)
-            if ctx.needs_input_grad[0]:
-                grad_h = (above[:, :f] + below[:, :f] + beta.unsqueeze(-1) * g).to(h.dtype)
+                _take_self_terms(parts, w_self, e_self > 0, g_z, c)
+            del g_z
+            above, above_c, below, below_c = parts
             if ctx.needs_input_grad[2]:
-                grad_t = (h64 * (above[:, :f] + slope * below[:, :f])).sum(-1) - (
-                    above[:, f] + slope * below[:, f]
+                grad_t = (
+                    _rowdot(h64, above) + slope * _rowdot(h64, below) - (above_c + slope * below_c)
                 )
-                # Every score depends on s_i + t_j only, so sum_j dL/dt_j = sum_i dL/ds_i.
-                # The row maxima's sources T collect the large, cancelling terms (alpha_iT is
-                # near 1 for peaked rows); their common part is set by this identity instead.
+                # eq. 6's max_k alpha_ik is alpha_iT for the sources T with the largest t: its
+                # gradient reaches t_T directly too, split evenly between ties.
                 is_top = t64 == top
-                residual = grad_s.sum() - grad_t.sum()
-                grad_t = (grad_t + is_top * (residual / is_top.sum())).to(t.dtype)
+                lr_top = slope + (1.0 - slope) * top_positive.to(acc)  # LeakyReLU'(s_i + max t)
+                tie_share = (g_self * beta * lr_top).sum()
+                grad_t = (grad_t + is_top * (tie_share / is_top.sum())).to(t.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_h = above.add_(below).addcmul_(beta.unsqueeze(-1), g).to(h.dtype)
         grad_s = grad_s.to(s.dtype) if ctx.needs_input_grad[1] else None
         return grad_h, grad_s, grad_t, None, None, None
 
@@ -302,41 +320,37 @@ def _attention_rows(
 
 
 class SparseAdjacency(NamedTuple):
-    r"""The fixed graph :math:`\mathbf{A}` of a complete-graph layer as a CSR matrix,
-    :obj:`crow`/:obj:`col`/:obj:`value`, row :math:`i` = target (``A[i, j]`` = weight of
-    :math:`j \to i`), with the transposed matrix for the backward pass, and which nodes have a
-    self-loop (eq. 6's self term; :obj:`None` when all have one)."""
+    r"""The fixed graph :math:`\mathbf{A}` of a complete-graph layer, self-loops included:
+    :obj:`edge_index` (row 0 sources :math:`j`, row 1 targets :math:`i`) and weights, with the
+    CSR forms of :math:`\mathbf{A}` (rows = targets) and :math:`\mathbf{A}^\top` for the
+    products (:obj:`None` under :func:`torch.compile`, which cannot trace sparse tensors), and
+    which nodes have a self-loop (eq. 6's self term; :obj:`None` when all have one)."""
 
-    crow: Tensor
-    col: Tensor
-    value: Tensor
-    crow_t: Tensor
-    col_t: Tensor
-    value_t: Tensor
+    edge_index: Tensor
+    edge_weight: Tensor
+    num_nodes: int
     has_loop: Tensor | None
-
-    @property
-    def num_nodes(self) -> int:
-        return self.crow.numel() - 1
+    csr: tuple[Tensor, Tensor, Tensor] | None = None  # crow, col, value
+    csr_t: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
     def from_edges(
         cls, edge_index: Tensor, edge_weight: Tensor, num_nodes: int, has_loop: Tensor | None
     ) -> SparseAdjacency:
-        """From :obj:`edge_index` (row 0 sources, row 1 targets) and weights; duplicate edges
-        add up."""
+        """Duplicate edges add up."""
+        if is_compiling():
+            return cls(edge_index, edge_weight, num_nodes, has_loop)
         src, dst = edge_index[0], edge_index[1]
-        crow, col, value = _csr(dst, src, edge_weight, num_nodes)
-        crow_t, col_t, value_t = _csr(src, dst, edge_weight, num_nodes)
-        return cls(crow, col, value, crow_t, col_t, value_t, has_loop)
+        return cls(
+            edge_index, edge_weight, num_nodes, has_loop,
+            _csr(dst, src, edge_weight, num_nodes), _csr(src, dst, edge_weight, num_nodes),
+        )  # fmt: skip
 
     def to_torch(self) -> Tensor:
         """The :obj:`[N, N]` matrix as a :obj:`torch.sparse_csr` tensor."""
-        n = self.num_nodes
-        return _csr_tensor(self.crow, self.col, self.value, n)
-
-    def to_dense(self) -> Tensor:
-        return self.to_torch().to_dense()
+        csr = self.csr or _csr(self.edge_index[1], self.edge_index[0], self.edge_weight,
+                               self.num_nodes)  # fmt: skip
+        return _csr_tensor(*csr, self.num_nodes)
 
 
 def _csr(row: Tensor, col: Tensor, value: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -349,8 +363,6 @@ def _csr(row: Tensor, col: Tensor, value: Tensor, n: int) -> tuple[Tensor, Tenso
 
 
 def _csr_tensor(crow: Tensor, col: Tensor, value: Tensor, n: int) -> Tensor:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, col, value, (n, n), check_invariants=False)
@@ -362,23 +374,28 @@ class _CSRMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, adj: SparseAdjacency):
         ctx.adj = adj
-        n = adj.num_nodes
-        return torch.sparse.mm(_csr_tensor(adj.crow, adj.col, adj.value.to(h.dtype), n), h)
+        crow, col, value = adj.csr
+        return torch.sparse.mm(_csr_tensor(crow, col, value.to(h.dtype), adj.num_nodes), h)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         adj = ctx.adj
-        a_t = _csr_tensor(adj.crow_t, adj.col_t, adj.value_t.to(grad.dtype), adj.num_nodes)
+        crow, col, value = adj.csr_t
+        a_t = _csr_tensor(crow, col, value.to(grad.dtype), adj.num_nodes)
         return torch.sparse.mm(a_t, grad), None
 
 
 def adjacency_matmul(adj: SparseAdjacency, h: Tensor) -> Tensor:
     r""":math:`\mathbf{A}\mathbf{H}` for a sparse :math:`\mathbf{A}`, :math:`O(\mathrm{nnz}
-    \cdot F)`: a CSR product (:func:`torch.sparse.mm`), no :obj:`[E, F]` intermediate."""
-    if h.requires_grad and adj.value.requires_grad:
-        # Gradient for the weights too: torch's own sparse autograd (slower backward).
-        return torch.sparse.mm(adj.to_torch().to(h.dtype), h)
+    \cdot F)`: a CSR product (:func:`torch.sparse.mm`) with no :obj:`[E, F]` intermediate;
+    under :func:`torch.compile` a gather and a scatter-add, which Inductor fuses into one
+    loop."""
+    if adj.csr is None or is_compiling() or adj.edge_weight.requires_grad:
+        # Also when A's weights need a gradient: then the [E, F] messages are kept for it.
+        src, dst = adj.edge_index[0], adj.edge_index[1]
+        messages = h.index_select(0, src) * adj.edge_weight.to(h.dtype).unsqueeze(-1)
+        return torch.zeros_like(h).index_add_(0, dst, messages)
     return _CSRMatmul.apply(h, adj)
 
 

@@ -25,6 +25,13 @@ from torch_geometric.utils import (
     to_edge_index,
 )
 
+from agcn_pyg.complete import (
+    CompleteGraphParts,
+    SparseAdjacency,
+    adjacency_matmul,
+    complete_attention,
+)
+
 
 class AdaptiveGraphs(NamedTuple):
     r"""The three graphs an :class:`AdaptiveGCNConv` layer aggregates with (eq. 3).
@@ -105,6 +112,49 @@ class AdaptiveGCNConv(MessagePassing):
       :class:`~torch_geometric.nn.conv.GCNConv`) takes the message-passing path. Only the
       stored entries are edges.
 
+    **Label graphs of any size.** With :obj:`complete=True` a sparse graph is read as the
+    complete graph: :math:`\mathbf{B}` and :math:`\mathbf{C}` range over every pair of nodes
+    and pairs missing from :math:`\mathbf{A}` have :math:`a_{i,j} = 0`, as ML-AGCN's label
+    graph requires. That path never forms an :obj:`[N, N]` matrix: :math:`\mathbf{A}` is
+    applied as a sparse product, :math:`\mathbf{B}` by sorting the scores
+    (:func:`~agcn_pyg.complete.complete_attention`: :math:`O(N \log N + N F)` time,
+    :math:`O(N F)` memory, exact) and :math:`\mathbf{C}` as
+    :math:`\hat{\mathbf{X}}(\hat{\mathbf{X}}^{\top}\mathbf{H})`. A dense adjacency uses the
+    sorted :math:`\mathbf{B}` too where that is faster (:attr:`sorted_min_nodes`; the same
+    result). Which pairs are edges:
+
+    +-----------------+---------------------------------+-----------------------------------+
+    | :obj:`complete` | dense :obj:`[N, N]` adjacency   | :obj:`edge_index`, sparse         |
+    |                 |                                 | adjacency                         |
+    +=================+=================================+===================================+
+    | :obj:`None`     | every pair (the complete graph) | the stored entries                |
+    +-----------------+---------------------------------+-----------------------------------+
+    | :obj:`True`     | every pair                      | every pair, :math:`a_{i,j} = 0`   |
+    |                 |                                 | where nothing is stored (the      |
+    |                 |                                 | complete path)                    |
+    +-----------------+---------------------------------+-----------------------------------+
+    | :obj:`False`    | the non-zero entries (a masked  | the stored entries                |
+    |                 | softmax, as in DenseGATConv):   |                                   |
+    |                 | the same as the edge_index of   |                                   |
+    |                 | those entries                   |                                   |
+    +-----------------+---------------------------------+-----------------------------------+
+
+    Self-loops: a dense adjacency read as the complete graph has every one, with
+    :math:`a_{i,i}` = ``adj[i, i]``; otherwise the stored ones (non-zero ones for a dense
+    adjacency with :obj:`complete=False`) are kept and :obj:`add_self_loops` adds the missing
+    ones with weight :obj:`fill_value`. On the complete graph a node without a self-loop is not
+    its own neighbour in :math:`\mathbf{B}` (no eq. 6 term) nor in :math:`\mathbf{C}`.
+    Duplicate stored entries add up in :math:`\mathbf{A}` on the complete path.
+
+    On the complete path of a sparse graph, :obj:`return_attention_weights` and :meth:`graphs`
+    return :obj:`[N, N]` matrices while :math:`N^2` is at most :attr:`max_dense_entries`
+    (:math:`2^{26}`, i.e. :math:`N \le 8192`: 256 MiB per float32 matrix) and raise an
+    error beyond; :meth:`complete_parts` gives what defines the three graphs at any size.
+    Attention dropout drops entries of the :obj:`[N, N]` matrix :math:`\mathbf{B}`, which
+    that path never forms: it raises an error there in training (use :obj:`dropout=0`, or a
+    dense adjacency). Bipartite input and edge features need stored edges and are refused
+    there. Under autocast the complete path computes in float32.
+
     **Bipartite input** ``x = (x_src, x_dst)`` follows
     :class:`~torch_geometric.nn.conv.GATConv`: messages :math:`\mathbf{\Theta}\mathbf{x}_j`
     and :math:`\mathbf{\Theta}_{s}` read :obj:`x_src`, :math:`\mathbf{\Theta}_{d}` reads
@@ -161,6 +211,10 @@ class AdaptiveGCNConv(MessagePassing):
             layer (like :class:`~torch_geometric.nn.conv.GCNConv`'s :obj:`cached`). With
             one-hot features this saves an :math:`N^3` product per call. Under
             :obj:`torch.compile` it is ignored. (default: :obj:`False`)
+        complete (bool, optional): Which pairs of nodes are edges (see the table above):
+            :obj:`True` every pair whatever form the graph comes in, :obj:`False` only the
+            stored or non-zero entries, :obj:`None` every pair of a dense adjacency and the
+            stored entries of a sparse one. (default: :obj:`None`)
         bias (bool, optional): If set to :obj:`False`, the layer will not learn an additive
             bias. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
@@ -191,6 +245,17 @@ class AdaptiveGCNConv(MessagePassing):
     and :math:`\mathbf{C}` separately.
     """
 
+    #: A dense adjacency gets the sorted :math:`\mathbf{B}` (no :obj:`[N, N]` softmax) where
+    #: it is faster: from :attr:`sorted_min_nodes` nodes on and for
+    #: :math:`N >` :attr:`sorted_min_ratio` :math:`\cdot F_{out}` (its passes over
+    #: :obj:`[N, F]` buffers against the softmax's over :obj:`[N, N]`; CPU measurements in
+    #: ``benchmarks/NOTES.md``).
+    sorted_min_nodes: int = 2048
+    sorted_min_ratio: float = 2.0
+    #: The largest :math:`N^2` for which the complete path of a sparse graph returns
+    #: :obj:`[N, N]` matrices (:obj:`return_attention_weights`, :meth:`graphs`).
+    max_dense_entries: int = 2**26
+
     def __init__(
         self,
         in_channels: int | tuple[int, int],
@@ -205,6 +270,7 @@ class AdaptiveGCNConv(MessagePassing):
         edge_dim: int | None = None,
         edge_fill_value: float | Tensor | str = "mean",
         cached: bool = False,
+        complete: bool | None = None,
         bias: bool = True,
         **kwargs,
     ):
@@ -229,7 +295,9 @@ class AdaptiveGCNConv(MessagePassing):
         self.edge_dim = edge_dim
         self.edge_fill_value = edge_fill_value
         self.cached = cached
+        self.complete = complete
         self._cached_similarity: tuple | None = None
+        self._cached_adjacency: tuple | None = None
 
         self.lin = Linear(in_src, out_channels, bias=False, weight_initializer="glorot")
         self.lin_src = self.lin_dst = self.lin_edge = None
@@ -262,6 +330,7 @@ class AdaptiveGCNConv(MessagePassing):
     def reset_parameters(self):
         super().reset_parameters()
         self._cached_similarity = None
+        self._cached_adjacency = None
         for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge):
             if lin is not None:
                 lin.reset_parameters()
@@ -302,6 +371,10 @@ class AdaptiveGCNConv(MessagePassing):
         x_src, x_dst, bipartite = self._node_features(x, edge_attr)
         if _is_dense_adjacency(edge_index):
             _check_dense_extras(edge_weight, edge_attr)
+            if self.complete is False:  # the non-zero entries are the edges (DenseGATConv)
+                return self._masked_dense_forward(
+                    x_src, x_dst, edge_index, mask, bipartite, return_attention_weights
+                )
             return self._dense_forward(
                 x_src, x_dst, edge_index, mask, bipartite, return_attention_weights
             )
@@ -310,6 +383,9 @@ class AdaptiveGCNConv(MessagePassing):
                 "'mask' marks the padded nodes of a dense batch and needs a dense adjacency "
                 f"'edge_index' (got {_describe(edge_index)})"
             )
+        if self.complete:
+            _check_complete(bipartite, edge_attr)
+            return self._complete_forward(x_src, edge_index, edge_weight, return_attention_weights)
         return self._sparse_forward(
             x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite, return_attention_weights
         )
@@ -331,7 +407,15 @@ class AdaptiveGCNConv(MessagePassing):
         try:
             if _is_dense_adjacency(edge_index):
                 _check_dense_extras(edge_weight, edge_attr)
+                if self.complete is False:
+                    return AdaptiveGraphs(
+                        None, *self._masked_dense_terms(x_src, x_dst, edge_index, mask, bipartite)
+                    )
                 return self._dense_graphs(x_src, x_dst, edge_index, mask, bipartite)
+            if self.complete:
+                _check_complete(bipartite, edge_attr)
+                adj = self._sparse_adjacency(x_src, edge_index, edge_weight)
+                return AdaptiveGraphs(None, *self._complete_matrices(x_src, adj))
             graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
             a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
             return AdaptiveGraphs(graph.edge_index, a, b, c)
@@ -430,8 +514,13 @@ class AdaptiveGCNConv(MessagePassing):
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
         coef = adj.to(x_src.dtype)
+        attended = None
         if self.attention:
-            coef = coef + self._dense_attention(x_src, x_dst, mask, bipartite)
+            if self._sorted_attention(adj, mask, bipartite, return_attention_weights):
+                # B h by sorting the scores: the same numbers without an [N, N] softmax.
+                attended = self._complete_attention(x_src, h, None)
+            else:
+                coef = coef + self._dense_attention(x_src, x_dst, mask, bipartite)
 
         factored = None
         if self.similarity:
@@ -439,6 +528,8 @@ class AdaptiveGCNConv(MessagePassing):
                                                         return_attention_weights)
 
         out = coef @ h
+        if attended is not None:
+            out = out + attended
         if factored is not None:
             x_hat_src, x_hat_dst = factored
             out = out + x_hat_dst @ (x_hat_src.transpose(-1, -2) @ h)
@@ -450,6 +541,67 @@ class AdaptiveGCNConv(MessagePassing):
         if return_attention_weights:
             return out, _mask_pairs(coef, mask)
         return out
+
+    def _sorted_attention(self, adj, mask, bipartite, return_attention_weights) -> bool:
+        """Whether a dense adjacency's B goes the sorted way (see sorted_min_nodes)."""
+        n = adj.size(-1)
+        return (
+            adj.dim() == 2
+            and mask is None
+            and not bipartite
+            and not return_attention_weights
+            and not (self.dropout > 0.0 and self.training)
+            and n >= self.sorted_min_nodes
+            and n > self.sorted_min_ratio * self.out_channels
+            and 0.0 < self.negative_slope <= 1.0
+        )
+
+    def _masked_dense_forward(self, x_src, x_dst, adj, mask, bipartite, return_attention_weights):
+        """complete=False: eq. 3-7 over the non-zero entries of a dense adjacency only."""
+        A, B, C = self._masked_dense_terms(x_src, x_dst, adj, mask, bipartite)
+        coef = A if B is None else A + B
+        coef = coef if C is None else coef + C
+        out = coef @ self.lin(x_src)
+        if self.bias is not None:
+            out = out + self.bias
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)  # padded nodes output zeros
+        if return_attention_weights:
+            return out, coef
+        return out
+
+    def _masked_dense_terms(self, x_src, x_dst, adj, mask, bipartite):
+        """A, B, C over the pattern of adj's non-zero entries (plus the added self-loops),
+        as dense matrices, zero off the pattern: the edge_index path in matrix form."""
+        mask = _check_dense(x_src, x_dst, adj, mask, bipartite)
+        adj = adj.to(x_src.dtype)
+        edge = adj != 0
+        if self.add_self_loops and not bipartite:  # the missing ones, weight fill_value
+            missing = ~edge.diagonal(dim1=-2, dim2=-1)
+            adj = adj.clone()
+            adj.diagonal(dim1=-2, dim2=-1).masked_fill_(missing, self.fill_value)
+            edge = edge.clone()
+            edge.diagonal(dim1=-2, dim2=-1).fill_(True)
+        if mask is not None:
+            edge = edge & mask.unsqueeze(-1) & mask.unsqueeze(-2)
+        A = adj * edge
+        B = C = None
+        if self.attention:
+            s_src, s_dst = self._attention_scores(x_src, x_dst)
+            e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(-2), self.negative_slope)
+            # The most negative finite score, not -inf: a row without edges stays finite.
+            e = e.masked_fill(~edge, torch.finfo(e.dtype).min)
+            alpha = torch.softmax(e, dim=-1) * edge  # eq. 5 over each row's edges
+            B = alpha
+            if not bipartite and alpha.size(-1) > 0:  # eq. 6 where the self-loop is an edge
+                B = alpha.clone()
+                loop = edge.diagonal(dim1=-2, dim2=-1)
+                B.diagonal(dim1=-2, dim2=-1).add_(alpha.amax(dim=-1) * loop)
+            B = F.dropout(B, p=self.dropout, training=self.training)
+        if self.similarity:
+            x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
+            C = (x_hat_dst @ x_hat_src.transpose(-1, -2)) * edge
+        return A, B, C
 
     def _add_dense_similarity(self, coef, x_src, x_dst, return_attention_weights):
         """coef + C (eq. 7); or coef and the unit features, for applying C factored."""
@@ -496,6 +648,128 @@ class AdaptiveGCNConv(MessagePassing):
             C = x_hat_dst @ x_hat_src.transpose(-1, -2)
             cache = self._cached_similarity = (weakref.ref(x_src), weakref.ref(x_dst), key, C)
         return cache[3]
+
+    # Complete path ------------------------------------------------------------------------
+
+    def _complete_forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor,
+                          return_attention_weights):
+        """Eq. 3 over every pair of nodes with a sparse A: A h + B h + C h + b, no [N, N]."""
+        if self.attention and self.dropout > 0.0 and self.training:
+            raise ValueError(
+                f"attention dropout (dropout={self.dropout}) is not defined on the complete "
+                "graph of a sparse adjacency (complete=True): it drops entries of the [N, N] "
+                "matrix B, which this path never forms. Set dropout=0.0, or pass a dense "
+                "[N, N] adjacency"
+            )
+        adj = self._sparse_adjacency(x, edge_index, edge_weight)
+        matrices = self._complete_matrices(x, adj) if return_attention_weights else None
+        h = self.lin(x)
+        with torch.autocast(x.device.type, enabled=False):  # in at least float32
+            dtype = torch.promote_types(h.dtype, torch.float32)
+            x, h = x.to(dtype), h.to(dtype)
+            out = adjacency_matmul(adj, h)  # A (eq. 3), a sparse product
+            if self.attention:
+                out = out + self._complete_attention(x, h, adj.has_loop)  # eq. 4-6
+            if self.similarity:
+                x_hat = self._unit_features(x, x)[0]
+                out = out + x_hat @ (x_hat.t() @ h)  # eq. 7, as x_hat (x_hat^T H)
+                if adj.has_loop is not None:  # c_ii only for nodes with a self-loop
+                    c_ii = x_hat.pow(2).sum(dim=-1) * ~adj.has_loop
+                    out = out - c_ii.unsqueeze(-1) * h
+        if self.bias is not None:
+            out = out + self.bias
+        if return_attention_weights:
+            return out, sum(m for m in matrices if m is not None)
+        return out
+
+    def _complete_attention(self, x: Tensor, h: Tensor, has_loop: OptTensor) -> Tensor:
+        """B h over the complete graph by sorted scores, computed in at least float32."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            s_src, s_dst = self._attention_scores(x, x)
+            return complete_attention(h, s_dst, s_src, self.negative_slope, has_loop)
+
+    def _sparse_adjacency(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor):
+        """A of the complete path with its self-loops, in CSR form; cached while the graph
+        tensors are the same objects, unchanged (like the C cache of the dense path)."""
+        n = x.size(0)
+        inputs = (edge_index, edge_weight)
+        key = (n, x.device, self.add_self_loops, self.fill_value)
+        cacheable = not is_compiling() and not (
+            edge_weight is not None and edge_weight.requires_grad
+        )
+        cache = self._cached_adjacency
+        if cacheable and cache is not None and cache[0] == key and all(
+            (ref is None and t is None) or (ref is not None and ref() is t
+                                            and version == getattr(t, "_version", None))
+            for (ref, version), t in zip(cache[1], inputs, strict=True)
+        ):
+            return cache[2]
+        graph = self._sparse_graph(x, x, edge_index, edge_weight, None)
+        edge_index = graph.edge_index
+        has_loop = None
+        if not self.add_self_loops:  # otherwise every node has one now
+            is_loop = (edge_index[0] == edge_index[1]).long()
+            has_loop = torch.zeros(n, dtype=torch.long, device=x.device)
+            has_loop = has_loop.scatter_add_(0, edge_index[0], is_loop) > 0
+        adj = SparseAdjacency.from_edges(edge_index, graph.edge_weight, n, has_loop)
+        if cacheable:
+            refs = tuple(
+                (None, None) if t is None else (weakref.ref(t), getattr(t, "_version", None))
+                for t in inputs
+            )
+            self._cached_adjacency = (key, refs, adj)
+        return adj
+
+    def _complete_matrices(self, x: Tensor, adj: SparseAdjacency):
+        """A, B and C of the complete path as [N, N] matrices, within max_dense_entries."""
+        n = x.size(0)
+        if n * n > self.max_dense_entries:
+            raise ValueError(
+                f"the complete graph's [N, N] matrices do not fit: N = {n} gives {n * n:,} "
+                f"entries each, over AdaptiveGCNConv.max_dense_entries = "
+                f"{self.max_dense_entries:,}. conv.complete_parts(x, edge_index, edge_weight) "
+                "returns what defines them at any size (A as a sparse matrix, the scores "
+                "s_src and s_dst, the unit features x_hat) and builds any rows with "
+                ".rows(index); or raise conv.max_dense_entries"
+            )
+        return self._complete_parts(x, adj).rows(torch.arange(n, device=x.device))
+
+    def _complete_parts(self, x: Tensor, adj: SparseAdjacency) -> CompleteGraphParts:
+        s_src = s_dst = None
+        if self.attention:
+            with torch.autocast(x.device.type, enabled=False):
+                x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+                s_src, s_dst = self._attention_scores(x32, x32)
+        x_hat = self._unit_features(x, x)[0] if self.similarity else None
+        return CompleteGraphParts(
+            adj.to_torch(), s_src, s_dst, x_hat, adj.has_loop, self.negative_slope
+        )
+
+    @torch.no_grad()
+    def complete_parts(
+        self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None
+    ) -> CompleteGraphParts:
+        r"""What defines :math:`\mathbf{A}`, :math:`\mathbf{B}` and :math:`\mathbf{C}` on the
+        complete graph, at any size: :math:`\mathbf{A}` as a sparse CSR matrix (self-loops
+        included), the two halves of eq. 4's scores and the unit features of eq. 7
+        (:class:`~agcn_pyg.complete.CompleteGraphParts`; its :meth:`rows` builds any rows of
+        the three matrices). Accepts every graph form of one node set; a dense adjacency is
+        made sparse (every self-loop present, as the complete graph of a dense adjacency
+        has)."""
+        x, _, bipartite = self._node_features(x, None)
+        _check_complete(bipartite, None)
+        if _is_dense_adjacency(edge_index):
+            _check_dense(x, x, edge_index, None, False)
+            adj = edge_index
+            target, source = adj.nonzero(as_tuple=True)  # adj[i, j] is the edge j -> i
+            off = source != target
+            loops = torch.arange(x.size(0), device=x.device)
+            edge_weight = torch.cat([adj[target[off], source[off]], adj.diagonal()])
+            edge_index = torch.cat([torch.stack([source[off], target[off]]), loops.repeat(2, 1)],
+                                   dim=1)  # fmt: skip
+        adj = self._sparse_adjacency(x, edge_index, edge_weight)
+        return self._complete_parts(x, adj)
 
     # Shared pieces -----------------------------------------------------------------------
 
@@ -767,6 +1041,19 @@ def _check_node_dims(x_src: Tensor, x_dst: Tensor):
         raise ValueError(
             f"node features must be 2-dimensional [num_nodes, in_channels] with an edge_index "
             f"or sparse adjacency; batches [B, N, F] need a dense adjacency (got {shapes})"
+        )
+
+
+def _check_complete(bipartite: bool, edge_attr: OptTensor):
+    if bipartite:
+        raise ValueError(
+            "complete=True reads the graph as the complete graph of one node set; bipartite "
+            "'x' = (x_src, x_dst) is not supported there (use complete=None)"
+        )
+    if edge_attr is not None:
+        raise ValueError(
+            "'edge_attr' is not supported with complete=True: edge features exist on stored "
+            "edges only, and the complete path's scores are s_i + t_j for every pair"
         )
 
 

@@ -14,7 +14,7 @@ from agcn_pyg.conv import AdaptiveGCNConv, AdaptiveGraphs
 
 
 class MultiLabelHead(nn.Module):
-    r"""A stack of :class:`~agcn_pyg.AdaptiveGCNConv` layers over the dense label graph that
+    r"""A stack of :class:`~agcn_pyg.AdaptiveGCNConv` layers over the complete label graph that
     turns the :math:`N` label nodes into :math:`N` classifiers of the image feature size
     :math:`D`, and applies them to pooled image features (Fig. 2):
 
@@ -33,16 +33,25 @@ class MultiLabelHead(nn.Module):
     parameters or buffers changes (every in-place update bumps a tensor's version counter,
     which the cache key includes), so inference costs one matrix product, like a linear head.
 
+    **Label sets of any size.** With a sparse :math:`\mathbf{A}` (a :obj:`torch.sparse` matrix,
+    e.g. :meth:`LabelGraph.adjacency() <agcn_pyg.LabelGraph.adjacency>` of a graph built from
+    sparse labels) the layers take the complete path (:obj:`complete=True`): eq. 3-7 over every
+    pair of labels, exactly, in :math:`O(N \log N)` time and :math:`O(N F + \mathrm{nnz})`
+    memory, no :obj:`[N, N]` matrix. One-hot node features are an :obj:`[N, N]` matrix, so
+    beyond :attr:`max_one_hot_labels` labels :obj:`node_features` must be given.
+
     Args:
         in_features (int): Size :math:`D` of the pooled image feature.
         num_labels (int): Number of labels :math:`N`.
         adj (torch.Tensor): The fixed label graph :math:`\mathbf{A}`, :obj:`[N, N]`,
-            ``adj[i, j]`` = weight of :math:`j \to i` (see :mod:`agcn_pyg.label_graph`).
-            Stored as a buffer.
+            ``adj[i, j]`` = weight of :math:`j \to i` (see :mod:`agcn_pyg.label_graph`),
+            dense or sparse (:obj:`torch.sparse` COO, CSR or CSC). Stored as a buffer
+            (:obj:`adj`; for a sparse one :obj:`adj_index` and :obj:`adj_weight`, its
+            :obj:`edge_index` and weights).
         node_features (torch.Tensor, optional): Label node features :math:`\mathbf{F}^{(0)}`,
             :obj:`[N, d]`: word vectors, image embeddings (:mod:`agcn_pyg.node_features`).
             (default: :obj:`None`, the one-hot identity, :math:`d = N`, with which the
-            parameter counts match the paper)
+            parameter counts match the paper; up to :attr:`max_one_hot_labels` labels)
         hidden_channels (Sequence[int], optional): Output sizes of all layers but the last;
             ``()`` gives the paper's 1-layer model, ``(1024,)`` its 2-layer model.
             (default: :obj:`(1024,)`)
@@ -50,12 +59,16 @@ class MultiLabelHead(nn.Module):
             (default: :obj:`False`)
         negative_slope (float, optional): LeakyReLU slope between layers. (default: :obj:`0.2`)
         **conv_kwargs (optional): Passed to every :class:`~agcn_pyg.AdaptiveGCNConv`
-            (:obj:`attention`, :obj:`similarity`, :obj:`share_weights`, :obj:`dropout`, ...).
+            (:obj:`attention`, :obj:`similarity`, :obj:`share_weights`, :obj:`dropout`, ...;
+            :obj:`complete` defaults to :obj:`True` for a sparse :obj:`adj`).
 
     Shapes:
         - **input:** image features :math:`(B, D)`
         - **output:** logits :math:`(B, N)`
     """
+
+    #: Default one-hot node features are an [N, N] matrix (1 GiB in float32 at this size).
+    max_one_hot_labels: int = 16384
 
     def __init__(
         self,
@@ -72,14 +85,28 @@ class MultiLabelHead(nn.Module):
         if num_labels < 1:
             raise ValueError(f"'num_labels' must be at least 1 (got {num_labels})")
         adj = torch.as_tensor(adj)
-        if adj.shape != (num_labels, num_labels):
+        if tuple(adj.shape) != (num_labels, num_labels):
             raise ValueError(
                 f"'adj' must be [num_labels, num_labels] = [{num_labels}, {num_labels}] "
                 f"(got {list(adj.shape)})"
             )
+        sparse = adj.layout != torch.strided
+        if sparse:  # as edge_index (row 0 the source j) and weights: plain buffers
+            adj = adj.to_sparse_coo().coalesce()
+            target, source = adj.indices()
+            adj_index, adj = torch.stack([source, target]), adj.values()
+            conv_kwargs.setdefault("complete", True)
         if not torch.isfinite(adj).all():
             raise ValueError("'adj' contains NaN or infinite entries")
         if node_features is None:
+            if num_labels > self.max_one_hot_labels:
+                raise ValueError(
+                    f"'node_features' is required for num_labels = {num_labels} > "
+                    f"MultiLabelHead.max_one_hot_labels = {self.max_one_hot_labels}: one-hot "
+                    f"features would be an [N, N] matrix ({num_labels**2 * 4 / 2**30:.1f} GiB "
+                    "in float32). Pass [N, d] label features (word vectors or image "
+                    "embeddings, see agcn_pyg.node_features)"
+                )
             node_features = torch.eye(num_labels)
         node_features = torch.as_tensor(node_features, dtype=torch.get_default_dtype())
         if node_features.dim() != 2 or node_features.size(0) != num_labels:
@@ -93,7 +120,11 @@ class MultiLabelHead(nn.Module):
         self.in_features = in_features
         self.num_labels = num_labels
         self.negative_slope = negative_slope
-        self.register_buffer("adj", adj.to(torch.get_default_dtype()))
+        if sparse:
+            self.register_buffer("adj_index", adj_index)
+            self.register_buffer("adj_weight", adj.to(torch.get_default_dtype()))
+        else:
+            self.register_buffer("adj", adj.to(torch.get_default_dtype()))
         if learn_node_features:
             self.node_features = nn.Parameter(node_features.clone())
         else:
@@ -132,10 +163,26 @@ class MultiLabelHead(nn.Module):
         """The :obj:`[N, in_features]` label classifiers (the last layer's node features)."""
         x = self.node_features
         for i, conv in enumerate(self.convs):
-            x = conv(x, self.adj)
+            x = conv(x, *self._graph())
             if i < len(self.convs) - 1:
                 x = F.leaky_relu(x, self.negative_slope)
         return x
+
+    def adjacency(self) -> Tensor:
+        """The fixed label graph :math:`\\mathbf{A}` as given: the dense :obj:`[N, N]` buffer,
+        or a sparse COO matrix rebuilt from :obj:`adj_index` and :obj:`adj_weight`."""
+        if hasattr(self, "adj_index"):
+            n = self.num_labels
+            return torch.sparse_coo_tensor(
+                self.adj_index.flip(0), self.adj_weight, (n, n), check_invariants=False
+            ).coalesce()
+        return self.adj
+
+    def _graph(self) -> tuple[Tensor, ...]:
+        """The layers' graph arguments: the dense adjacency, or edge_index and weights."""
+        if hasattr(self, "adj_index"):
+            return self.adj_index, self.adj_weight
+        return (self.adj,)
 
     def compile_classifiers(self, **compile_kwargs) -> MultiLabelHead:
         """Runs :meth:`classifiers` (the graph layers) through :func:`torch.compile`: fewer,
@@ -189,12 +236,14 @@ class MultiLabelHead(nn.Module):
     @torch.no_grad()
     def graphs(self) -> list[AdaptiveGraphs]:
         """The dense :math:`(\\mathbf{A}, \\mathbf{B}^{(l)}, \\mathbf{C}^{(l)})` of every
-        layer, each :obj:`[N, N]`, for inspection and plots."""
+        layer, each :obj:`[N, N]`, for inspection and plots (with a sparse :obj:`adj`, up to
+        :attr:`AdaptiveGCNConv.max_dense_entries` entries; beyond, the layers'
+        :meth:`~agcn_pyg.AdaptiveGCNConv.complete_parts` give rows of them)."""
         out = []
         x = self.node_features
         for i, conv in enumerate(self.convs):
-            out.append(conv.graphs(x, self.adj))
-            x = conv(x, self.adj)
+            out.append(conv.graphs(x, *self._graph()))
+            x = conv(x, *self._graph())
             if i < len(self.convs) - 1:
                 x = F.leaky_relu(x, self.negative_slope)
         return out

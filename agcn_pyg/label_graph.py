@@ -20,11 +20,19 @@ normalized before applying Eq. (2)").
 
 :func:`mlgcn_adjacency` reproduces ML-GCN's thresholded, re-weighted, normalised matrix
 exactly, for the ML-GCN baseline and for the ablation "Original graph (A)" in Table 3.
+
+**Label sets of any size.** From a *sparse* multi-hot matrix (:mod:`scipy.sparse` or
+:obj:`torch.sparse`, e.g. :func:`multi_hot_from_lists`), :func:`sparse_cooccurrence_counts`
+computes :math:`Y^\top Y` and :func:`sparse_conditional_probability` :math:`P` as sparse
+matrices, never an :obj:`[N, N]` array; :class:`LabelGraph` keeps them sparse, saved and
+loaded too, and :class:`~agcn_pyg.AdaptiveGCNConv` with :obj:`complete=True` takes such an
+:math:`A` (:class:`~agcn_pyg.MultiLabelHead` does so by itself).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -38,6 +46,9 @@ __all__ = [
     "cooccurrence_counts",
     "label_graph_from_coco",
     "mlgcn_adjacency",
+    "multi_hot_from_lists",
+    "sparse_conditional_probability",
+    "sparse_cooccurrence_counts",
 ]
 
 
@@ -84,6 +95,103 @@ def conditional_probability(counts: Tensor, nums: Tensor) -> Tensor:
     denom = nums.to(torch.float64).clamp(min=1).unsqueeze(1)
     P = counts.to(torch.float64) / denom  # rows with nums[i] == 0 have zero counts too
     return P.to(torch.get_default_dtype())
+
+
+def _is_sparse_labels(labels: Any) -> bool:
+    """A torch sparse tensor or a scipy.sparse matrix/array (duck-typed: no scipy import)."""
+    if isinstance(labels, Tensor):
+        return labels.layout != torch.strided
+    return hasattr(labels, "tocoo") and hasattr(labels, "nnz")
+
+
+def _as_sparse_multi_hot(labels: Any, name: str = "labels") -> Tensor:
+    """A coalesced float64 torch.sparse_coo [num_samples, N] of ones where labels > 0."""
+    if isinstance(labels, Tensor):
+        y = labels if labels.layout != torch.strided else labels.to_sparse()
+        y = y.to_sparse_coo().coalesce()
+        index, value = y.indices(), y.values()
+    elif _is_sparse_labels(labels):
+        coo = labels.tocoo()
+        index = torch.stack(
+            [
+                torch.as_tensor(np.asarray(coo.row, dtype=np.int64)),
+                torch.as_tensor(np.asarray(coo.col, dtype=np.int64)),
+            ]
+        )
+        value = torch.as_tensor(np.asarray(coo.data))
+    else:
+        return _as_sparse_multi_hot(_as_multi_hot(labels, name).to_sparse(), name)
+    shape = tuple(labels.shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"`{name}` must be a [num_samples, num_labels] multi-hot matrix, got shape {shape}"
+        )
+    present = value > 0  # as for dense labels: ML-GCN's -1/0/1 encoding reads as 0/0/1
+    index = index[:, present]
+    ones = torch.ones(index.size(1), dtype=torch.float64)
+    y = torch.sparse_coo_tensor(
+        index, ones, shape, check_invariants=True
+    ).coalesce()  # duplicates add up ...
+    return torch.sparse_coo_tensor(
+        y.indices(), torch.ones_like(y.values()), shape, check_invariants=False
+    ).coalesce()
+
+
+def multi_hot_from_lists(label_lists: Any, num_labels: int) -> Tensor:
+    """A sparse ``[num_samples, num_labels]`` multi-hot matrix (``torch.sparse_coo``, ones)
+    from one list of label indices per sample, e.g. read from list files, without any dense
+    ``[num_samples, num_labels]`` array."""
+    label_lists = list(label_lists)
+    rows, cols = [], []
+    for r, labels in enumerate(label_lists):
+        for c in labels:
+            c = int(c)
+            if not 0 <= c < num_labels:
+                raise ValueError(
+                    f"`label_lists` sample {r} has label index {c}, outside [0, {num_labels - 1}]"
+                )
+            rows.append(r)
+            cols.append(c)
+    index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
+    values = torch.ones(index.size(1), dtype=torch.uint8)
+    shape = (len(label_lists), num_labels)
+    y = torch.sparse_coo_tensor(index, values, shape, check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        y.indices(), torch.ones_like(y.values()), shape, check_invariants=False
+    ).coalesce()
+
+
+def sparse_cooccurrence_counts(labels: Any) -> tuple[Tensor, Tensor]:
+    r""":func:`cooccurrence_counts` for label sets of any size: ``counts`` = :math:`Y^\top Y`
+    as a coalesced ``torch.sparse_coo`` ``int64`` ``[N, N]`` matrix (only pairs that occur
+    together are stored) and ``nums`` ``[N]`` dense, from a sparse multi-hot matrix
+    (:mod:`scipy.sparse`, :obj:`torch.sparse` or dense; any value ``> 0`` is present). Work
+    and memory are :math:`O(\sum_s k_s^2)` for samples with :math:`k_s` labels."""
+    y = _as_sparse_multi_hot(labels)
+    # float64 products are exact for counts below 2**53.
+    counts = torch.sparse.mm(y.t().coalesce(), y).coalesce()
+    counts = torch.sparse_coo_tensor(
+        counts.indices(), counts.values().round().long(), counts.shape, check_invariants=False
+    ).coalesce()
+    nums = torch.zeros(y.size(1), dtype=torch.long).index_add_(
+        0, y.indices()[1], torch.ones(y._nnz(), dtype=torch.long)
+    )
+    return counts, nums
+
+
+def sparse_conditional_probability(counts: Tensor, nums: Tensor) -> Tensor:
+    r""":func:`conditional_probability` of sparse ``counts``: :math:`P(j \mid i)` =
+    ``counts[i, j] / nums[i]`` as a coalesced ``torch.sparse_coo`` matrix of the default float
+    dtype, with the pattern of ``counts`` (no threshold; labels that never occur have an
+    empty row)."""
+    counts, nums = _check_counts(counts, nums)
+    counts = counts.to_sparse_coo().coalesce()
+    row = counts.indices()[0]
+    denom = nums.to(torch.float64).clamp(min=1).index_select(0, row)
+    value = (counts.values().to(torch.float64) / denom).to(torch.get_default_dtype())
+    return torch.sparse_coo_tensor(
+        counts.indices(), value, counts.shape, check_invariants=False
+    ).coalesce()
 
 
 def mlgcn_adjacency(
@@ -179,14 +287,27 @@ class LabelGraph:
     def num_labels(self) -> int:
         return self.counts.size(0)
 
+    @property
+    def is_sparse(self) -> bool:
+        """Whether :attr:`counts` is a sparse matrix (built from sparse labels)."""
+        return self.counts.layout != torch.strided
+
     @classmethod
     def from_labels(cls, multi_hot: Any, label_names: list[str] | None = None) -> LabelGraph:
-        """Builds the graph from a ``[num_samples, N]`` multi-hot matrix."""
-        counts, nums = cooccurrence_counts(multi_hot)
+        """Builds the graph from a ``[num_samples, N]`` multi-hot matrix; a sparse one
+        (:mod:`scipy.sparse`, :obj:`torch.sparse`) gives sparse counts
+        (:func:`sparse_cooccurrence_counts`)."""
+        if _is_sparse_labels(multi_hot):
+            counts, nums = sparse_cooccurrence_counts(multi_hot)
+        else:
+            counts, nums = cooccurrence_counts(multi_hot)
         return cls(counts, nums, label_names)
 
     def probability(self) -> Tensor:
-        r""":math:`P_{ij} = P(j \mid i)` of eq. (1), see :func:`conditional_probability`."""
+        r""":math:`P_{ij} = P(j \mid i)` of eq. (1), see :func:`conditional_probability`;
+        sparse for sparse counts (:func:`sparse_conditional_probability`)."""
+        if self.is_sparse:
+            return sparse_conditional_probability(self.counts, self.nums)
         return conditional_probability(self.counts, self.nums)
 
     def adjacency(self, kind: str = "cooccurrence", **kwargs: Any) -> Tensor:
@@ -202,6 +323,12 @@ class LabelGraph:
             if kwargs:
                 raise TypeError(f"kind='cooccurrence' takes no options, got {sorted(kwargs)}")
             return self.probability()
+        if self.is_sparse:
+            raise ValueError(
+                f"kind={kind!r} needs dense counts, and this graph's are sparse "
+                f"({self.num_labels} labels); use kind='cooccurrence', or make them dense "
+                "with LabelGraph(graph.counts.to_dense(), graph.nums) if N x N fits"
+            )
         if kind == "mlgcn":
             return mlgcn_adjacency(self.counts, self.nums, **kwargs)
         raise ValueError(f"`kind` must be 'cooccurrence' or 'mlgcn', got {kind!r}")
@@ -216,7 +343,9 @@ class LabelGraph:
     @classmethod
     def load(cls, path: str | os.PathLike) -> LabelGraph:
         """Loads a file written by :meth:`save` (``weights_only=True``: no code runs)."""
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # sparse counts are validated on load: not news
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            data = torch.load(path, map_location="cpu", weights_only=True)
         return cls(data["counts"], data["nums"], data.get("label_names"))
 
 

@@ -141,7 +141,7 @@ class MLAGCN(nn.Module):
                         f"'adj' (the [N, N] label graph, N = {num_classes}) is needed to "
                         f"reset the classifier from {self.num_classes} to {num_classes} labels"
                     )
-                adj = self.head.adj.detach().clone()
+                adj = self.head.adjacency().detach().clone()
                 if node_features is None:
                     node_features = self.head.node_features.detach().clone()
             options = self._head_options()
@@ -321,7 +321,10 @@ def create_model(
     Args:
         model_name (str): A timm model name, e.g. ``"tresnet_m"`` (the paper's backbone).
         num_labels (int): Number of labels :math:`N`.
-        adj (torch.Tensor): The label graph :math:`\\mathbf{A}`, :obj:`[N, N]`.
+        adj (torch.Tensor): The label graph :math:`\\mathbf{A}`, :obj:`[N, N]`, dense or
+            sparse (:obj:`torch.sparse`: the layers then take the complete path, exact in
+            :math:`O(N \\log N)`, for label sets of any size; see
+            :class:`~agcn_pyg.MultiLabelHead`).
         num_layers (int, optional): Number of graph layers; hidden layers have 1024 channels,
             as in the paper. (default: :obj:`2`)
         hidden_channels (Sequence[int], optional): Overrides ``num_layers``: the output sizes

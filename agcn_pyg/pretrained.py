@@ -121,7 +121,12 @@ def from_pretrained(folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
     mc = config["model_config"]
     try:
         with safe_open(weights, framework="pt") as f:
-            adj = f.get_tensor("head.adj")
+            if "head.adj_index" in f.keys():  # a sparse label graph (MultiLabelHead)
+                n = mc["num_labels"]
+                index, weight = f.get_tensor("head.adj_index"), f.get_tensor("head.adj_weight")
+                adj = torch.sparse_coo_tensor(index.flip(0), weight, (n, n))
+            else:
+                adj = f.get_tensor("head.adj")
             node_features = f.get_tensor("head.node_features")
         state = load_file(weights)
     except Exception as e:  # truncated or foreign file

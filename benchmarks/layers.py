@@ -7,7 +7,12 @@ Cases (see ``benchmarks/README.md`` for the columns of the results):
   ``edge_index`` of N² edges with weights; two layer shapes: ``hidden`` (1024 -> 2048, the
   second ML-AGCN layer; ``x`` needs a gradient) and ``first`` (N -> 1024 on one-hot node
   features ``x = I``, which needs no gradient);
-* ``sparse`` random graphs (average in-degree 16, 64 -> 64), for the message-passing layers only.
+* ``sparse`` random graphs (average in-degree 16, 64 -> 64), for the message-passing layers only;
+* ``scale``: complete label graphs of N = 80 ... 10⁶ nodes whose fixed graph A is sparse (average
+  degree 16), d -> F = 256 -> 256: AdaptiveGCNConv's complete path (``complete=True``, A as
+  ``edge_index`` + weights; B and C over every pair in O(N log N)) against the O(N²) layers,
+  which get the same graph as a dense ``[N, N]`` adjacency or as N² edges. Not in the default
+  ``--shapes``: ``--shapes scale``.
 
 For each case and layer: median forward time (under ``torch.no_grad``), median forward+backward
 time (``.grad`` reset to ``None`` each step, as ``zero_grad`` does), and peak memory of each
@@ -21,6 +26,10 @@ Quick CPU check (seconds)::
 Full GPU run::
 
     python benchmarks/layers.py --device cuda --dtype bf16
+
+The ``scale`` sweep on a GPU (N = 80 ... 10⁶)::
+
+    python benchmarks/layers.py --device cuda --shapes scale
 """
 
 from __future__ import annotations
@@ -67,10 +76,36 @@ class Layer(NamedTuple):
     make: Callable[[int, int], torch.nn.Module]
     compile: bool | str = False  # True: torch.compile's default mode; a string: that mode
     weighted: bool = True  # passes edge_weight on the edge_index path
+    sparse_a: bool = False  # takes the sparse A of a ``scale`` graph (the complete path) only
+
+
+def _with(module: torch.nn.Module, **attributes) -> torch.nn.Module:
+    for name, value in attributes.items():
+        setattr(module, name, value)
+    return module
 
 
 LAYERS: dict[str, Layer] = {
     "agcn_dense": Layer("AdaptiveGCNConv (dense)", True, AdaptiveGCNConv),
+    # The dense path's two ways to B (the default picks by N and F, sorted_min_nodes): the [N, N]
+    # softmax, and the sorted O(N log N) aggregation of agcn_pyg.complete.
+    "agcn_dense_softmax": Layer(
+        "AdaptiveGCNConv (dense, N×N softmax)",
+        True,
+        lambda i, o: _with(AdaptiveGCNConv(i, o), sorted_min_nodes=2**62),
+    ),
+    "agcn_dense_sorted": Layer(
+        "AdaptiveGCNConv (dense, sorted B)",
+        True,
+        lambda i, o: _with(AdaptiveGCNConv(i, o), sorted_min_nodes=0, sorted_min_ratio=0.0),
+    ),
+    # complete=True with a sparse A (edge_index + weights): no [N, N] anywhere.
+    "agcn_complete": Layer(
+        "AdaptiveGCNConv (complete, sparse A)",
+        False,
+        lambda i, o: AdaptiveGCNConv(i, o, complete=True),
+        sparse_a=True,
+    ),
     "agcn_dense_compile": Layer(
         "AdaptiveGCNConv (dense, compiled)", True, AdaptiveGCNConv, compile=True
     ),
@@ -89,13 +124,17 @@ LAYERS: dict[str, Layer] = {
     "dense_gat": Layer("DenseGATConv", True, lambda i, o: DenseGATConv(i, o, heads=1)),
 }
 # The layer every time of a case is divided by: dense GCN on complete graphs, GCN on sparse ones.
-REFERENCE = {"complete": "dense_gcn", "sparse": "gcn"}
+REFERENCE = {"complete": "dense_gcn", "sparse": "gcn", "scale": "dense_gcn"}
+# The layers of the ``scale`` shape unless --layers names others.
+SCALE_LAYERS = ["agcn_complete", "agcn_dense", "dense_gat", "dense_gcn", "gat", "gcn"]
 
 # Rough upper bounds of live buffers during forward+backward, to skip cases that cannot fit
 # (fitted to CPU measurements with some margin): [N, N] buffers of each dense layer; [E, out] and
 # [E, in] buffers of each message-passing layer (AdaptiveGCNConv's cosine term gathers [E, in]).
 NN_BUFFERS = {
     "agcn_dense": 8,
+    "agcn_dense_softmax": 8,
+    "agcn_dense_sorted": 6,
     "agcn_dense_compile": 8,
     "agcn_dense_cudagraph": 8,
     "agcn_dense_cached": 8,
@@ -103,11 +142,15 @@ NN_BUFFERS = {
     "dense_gat": 8,
 }
 EDGE_BUFFERS = {"agcn_edge": (5, 3), "gcn": (3, 0), "gat": (5, 0)}
+# The complete path: [N, F + 1] buffers of the cumulative sums (8 bytes each entry: float64 on a
+# GPU) and bytes per stored entry of A (edge_index, weights, CSR of A and its transpose).
+COMPLETE_NF_BUFFERS, COMPLETE_BYTES_PER_NNZ = 8, 64
 
 SHAPE_TITLES = {
     "hidden": "complete graph, hidden layer {i}->{o}",
     "first": "complete graph, first layer N->{o} (one-hot input)",
     "sparse": "random sparse graph (avg. degree {d}), {i}->{o}",
+    "scale": "complete label graph, sparse A (avg. degree {d}), {i}->{o}",
 }
 
 COLUMNS = [
@@ -123,12 +166,13 @@ COLUMNS = [
 QUICK = dict(
     device="cpu", sizes=[16, 48], sparse_sizes=[500], hidden=[32, 64], first_out=32,
     sparse_channels=[16, 16], repeats=3, warmup=1, compile=False, threads=1,
+    scale_sizes=[48, 300], scale_channels=[16, 16],
 )  # fmt: skip
 
 
 class Case(NamedTuple):
-    graph: str  # "complete" or "sparse"
-    shape: str  # "hidden", "first" or "sparse"
+    graph: str  # "complete", "sparse" or "scale"
+    shape: str  # "hidden", "first", "sparse" or "scale"
     n: int
     in_channels: int
     out_channels: int
@@ -158,10 +202,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="N of the random sparse graphs (default: 10000,100000)",
     )
     p.add_argument(
+        "--scale-sizes",
+        type=int_list,
+        default=[80, 500, 2000, 10_000, 100_000, 1_000_000],
+        help="N of the scale sweep's label graphs (default: 80,500,2000,10000,100000,1000000)",
+    )
+    p.add_argument(
         "--shapes",
         type=str_list,
         default=["hidden", "first", "sparse"],
-        help="any of hidden,first,sparse (default: all)",
+        help="any of hidden,first,sparse,scale (default: hidden,first,sparse; scale is the "
+        "complete label graph with a sparse A, N up to 10^6: --shapes scale)",
     )
     p.add_argument(
         "--hidden",
@@ -177,12 +228,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="output channels of the first-layer shape N->OUT (default: 1024)",
     )
     p.add_argument("--sparse-channels", type=int_list, default=[64, 64], metavar="IN,OUT")
-    p.add_argument("--degree", type=int, default=16, help="average degree of sparse graphs")
+    p.add_argument(
+        "--scale-channels",
+        type=int_list,
+        default=[256, 256],
+        metavar="IN,OUT",
+        help="channels of the scale shape (default: 256,256)",
+    )
+    p.add_argument(
+        "--degree", type=int, default=16, help="average degree of sparse graphs and of scale's A"
+    )
     p.add_argument(
         "--layers",
         type=str_list,
-        default=list(LAYERS),
-        help=f"any of {','.join(LAYERS)} (default: all)",
+        default=None,
+        help=f"any of {','.join(LAYERS)} (default: all that take the case's graph; for the "
+        f"scale shape {','.join(SCALE_LAYERS)})",
     )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
@@ -227,15 +288,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.compile is None:
         args.compile = True
-    if not args.compile:
-        args.layers = [name for name in args.layers if not LAYERS[name].compile]
-    for name in args.layers:
+    for name in args.layers or []:
         if name not in LAYERS:
             p.error(f"--layers: unknown layer {name!r}; choose from {', '.join(LAYERS)}")
     for shape in args.shapes:
         if shape not in SHAPE_TITLES:
-            p.error(f"--shapes: unknown shape {shape!r}; choose from hidden, first, sparse")
-    for flag in ("hidden", "sparse_channels"):
+            p.error(f"--shapes: unknown shape {shape!r}; choose from {', '.join(SHAPE_TITLES)}")
+    for flag in ("hidden", "sparse_channels", "scale_channels"):
         if len(getattr(args, flag)) != 2:
             p.error(f"--{flag.replace('_', '-')} takes IN,OUT (got {getattr(args, flag)})")
     return args
@@ -249,23 +308,50 @@ def cases(args) -> list[Case]:
         out += [Case("complete", "first", n, n, args.first_out) for n in args.sizes]
     if "sparse" in args.shapes:
         out += [Case("sparse", "sparse", n, *args.sparse_channels) for n in args.sparse_sizes]
+    if "scale" in args.shapes:
+        out += [Case("scale", "scale", n, *args.scale_channels) for n in args.scale_sizes]
     return out
+
+
+def layers_for(case: Case, args) -> list[str]:
+    """The layers that run on a case: --layers (or the shape's default) that take its graph."""
+    names = args.layers or (SCALE_LAYERS if case.graph == "scale" else list(LAYERS))
+    if not args.compile:
+        names = [name for name in names if not LAYERS[name].compile]
+    if case.graph == "sparse":
+        return [name for name in names if not LAYERS[name].dense and not LAYERS[name].sparse_a]
+    if case.graph == "complete":
+        return [name for name in names if not LAYERS[name].sparse_a]
+    return names
 
 
 # Graphs --------------------------------------------------------------------------------------
 
 
 class Graph:
-    """One graph in both forms; the edge_index of a complete graph is built only when needed."""
+    """One graph in every form a layer takes; the dense adjacency of a ``scale`` graph and the
+    edge_index of a complete graph are built only when a layer needs them."""
 
     def __init__(self, case: Case, degree: int, device: torch.device, seed: int):
         self.n, self.device = case.n, device
         gen = torch.Generator().manual_seed(seed)
-        self.adj: Tensor | None = None
+        self._adj: Tensor | None = None
         self._edges: tuple[Tensor, Tensor] | None = None
-        if case.graph == "complete":
+        self.sparse_a: tuple[Tensor, Tensor] | None = None
+        self.nnz = 0
+        if case.graph == "scale":
+            # A sparse co-occurrence graph (weights in (0, 1), no self-loops: the layers add
+            # them with weight 1) on the complete graph of N labels.
+            edge_index = torch.randint(self.n, (2, self.n * degree), generator=gen)
+            edge_index, _ = remove_self_loops(edge_index)
+            edge_index = coalesce(edge_index, num_nodes=self.n)
+            weight = torch.rand(edge_index.size(1), generator=gen)
+            self.sparse_a = (edge_index.to(device), weight.to(device))
+            self.nnz = edge_index.size(1)
+            self.num_edges = self.n * self.n
+        elif case.graph == "complete":
             # adj[i, j] = weight of j -> i, all positive (a co-occurrence graph with no threshold).
-            self.adj = torch.rand(self.n, self.n, generator=gen).clamp_min_(1e-3).to(device)
+            self._adj = torch.rand(self.n, self.n, generator=gen).clamp_min_(1e-3).to(device)
             self.num_edges = self.n * self.n
         else:
             m = self.n * degree
@@ -275,6 +361,14 @@ class Graph:
             weight = torch.rand(edge_index.size(1), generator=gen)
             self._edges = (edge_index.to(device), weight.to(device))
             self.num_edges = edge_index.size(1)
+
+    @property
+    def adj(self) -> Tensor:
+        if self._adj is None:  # a scale graph's A as a dense matrix, self-loops of weight 1
+            (source, target), weight = self.sparse_a
+            adj = torch.zeros(self.n, self.n, device=self.device)
+            self._adj = adj.index_put_((target, source), weight).fill_diagonal_(1.0)
+        return self._adj
 
     def edges(self) -> tuple[Tensor, Tensor]:
         if self._edges is None:
@@ -293,6 +387,8 @@ def estimate_bytes(name: str, case: Case, graph: Graph) -> int:
     """A rough upper bound of one forward+backward's memory, inputs included (float32)."""
     n, i, o = case.n, case.in_channels, case.out_channels
     base = 4 * (2 * n * i + 3 * n * o + 6 * i * o)  # x, grad x, h, out, grads; W and grads
+    if LAYERS[name].sparse_a:
+        return base + 8 * COMPLETE_NF_BUFFERS * n * (o + 1) + COMPLETE_BYTES_PER_NNZ * graph.nnz
     if LAYERS[name].dense:
         return base + 4 * (NN_BUFFERS[name] + 1) * n * n
     per_out, per_in = EDGE_BUFFERS[name]
@@ -330,7 +426,9 @@ def run_case(name: str, case: Case, graph: Graph, args, device: torch.device) ->
             x = torch.eye(case.n, device=device)  # one-hot label features: no gradient
         else:
             x = torch.randn(case.n, case.in_channels, device=device, requires_grad=True)
-        if layer.dense:
+        if layer.sparse_a:
+            inputs = (x, *graph.sparse_a)
+        elif layer.dense:
             inputs = (x, graph.adj)
         else:
             edge_index, edge_weight = graph.edges()
@@ -400,7 +498,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def blocks(rows, args):
     """(title, rows) per layer shape, in the order the cases ran."""
-    for shape in ("hidden", "first", "sparse"):
+    for shape in SHAPE_TITLES:
         sub = [r for r in rows if r["shape"] == shape]
         if sub:
             r0 = sub[0]
@@ -424,8 +522,8 @@ def write_markdown(rows, args, env, path: Path) -> None:
         f"{args.repeats} runs after {args.warmup} warm-up runs.\n",
         f"Command: `{env['command']}`\n",
         "×ref = time / time of the reference layer on the same case (DenseGCNConv on complete "
-        "graphs, GCNConv on sparse graphs). Memory = inputs + parameters + peak allocated "
-        "during the call ("
+        "and scale graphs, GCNConv on sparse graphs). Memory = inputs + parameters + peak "
+        "allocated during the call ("
         + (
             "CUDA max_memory_allocated"
             if args.device.startswith("cuda")
@@ -446,6 +544,8 @@ def write_plot(rows, args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     parts = list(blocks(rows, args))
+    tab20 = plt.get_cmap("tab20").colors
+    colors = tab20[::2] + tab20[1::2]  # the strong colours first
     fig, axes = plt.subplots(len(parts), 2, figsize=(11, 3.6 * len(parts)), squeeze=False)
     for (title, sub), (ax_t, ax_m) in zip(parts, axes, strict=True):
         for k, name in enumerate(LAYERS):  # one colour and marker per layer in every panel
@@ -453,19 +553,43 @@ def write_plot(rows, args, path: Path) -> None:
             if not ok:
                 continue
             n = [r["n"] for r in ok]
-            style = dict(color=f"C{k}", marker="osD^v*xPh"[k % 9], label=LAYERS[name].label)
+            style = dict(color=colors[k % len(colors)], marker="osD^v*xPh"[k % 9],
+                         label=LAYERS[name].label)  # fmt: skip
             ax_t.plot(n, [r["fwd_bwd_ms"] for r in ok], **style)
             if all(r.get("fwd_bwd_mem_mib") for r in ok):
                 ax_m.plot(n, [r["fwd_bwd_mem_mib"] for r in ok], **style)
         for ax, what in ((ax_t, "forward+backward time (ms)"), (ax_m, "fwd+bwd peak (MiB)")):
             ax.set(xscale="log", yscale="log", xlabel="N (nodes)", ylabel=what, title=title)
             ax.grid(True, which="both", alpha=0.3)
+            if sub[0]["shape"] == "scale":
+                _slopes(ax)
         if ax_t.lines:
             ax_t.legend(fontsize=7)
     fig.suptitle(f"{args.device}, {args.dtype}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _slopes(ax) -> None:
+    """Dashed O(N²) and dotted O(N log N) guides, from the panel's highest and lowest first
+    points; the y-range stays that of the data."""
+    import numpy as np
+
+    lines = [line for line in ax.lines if len(line.get_xdata())]
+    if not lines:
+        return
+    ys = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in lines])
+    n_hi = max(max(line.get_xdata()) for line in lines)
+    firsts = [(line.get_xdata()[0], line.get_ydata()[0]) for line in lines]
+    for (n0, y0), power, label, style in (
+        (max(firsts, key=lambda p: p[1]), 2, "O(N²)", "--"),
+        (min(firsts, key=lambda p: p[1]), 1, "O(N log N)", ":"),
+    ):
+        n = np.geomspace(n0, n_hi, 50)
+        curve = n**power * (np.log(n) if power == 1 else 1.0)
+        ax.plot(n, y0 * curve / curve[0], color="0.35", linestyle=style, linewidth=1, label=label)
+    ax.set_ylim(ys.min() / 2, ys.max() * 2)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -486,9 +610,7 @@ def main(argv: list[str] | None = None) -> Path:
     width = max(len(layer.label) for layer in LAYERS.values())
     for case in cases(args):
         graph = Graph(case, args.degree, device, args.seed)
-        for name in args.layers:
-            if case.graph == "sparse" and LAYERS[name].dense:
-                continue
+        for name in layers_for(case, args):
             row = run_case(name, case, graph, args, device)
             free_memory(device)
             rows.append(row)
@@ -498,7 +620,7 @@ def main(argv: list[str] | None = None) -> Path:
                 if row["status"] == "ok"
                 else row["status"]
             )
-            print(f"{case.shape:6s} N={case.n:<6d} {row['label']:{width}s}  {times}", flush=True)
+            print(f"{case.shape:6s} N={case.n:<7d} {row['label']:{width}s}  {times}", flush=True)
         del graph
         free_memory(device)
 

@@ -21,6 +21,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 LAYERS = {
     "agcn_dense",
+    "agcn_dense_softmax",
+    "agcn_dense_sorted",
     "agcn_dense_cached",
     "agcn_edge",
     "gcn",
@@ -63,6 +65,30 @@ def test_layers_quick(tmp_path):
     env = json.loads((out / "env.json").read_text())
     for key in ("cpu_model", "cpu_count", "gpu_name", "torch", "torch_geometric", "timm"):
         assert key in env
+
+
+@pytest.mark.slow
+def test_layers_quick_scale(tmp_path):
+    """The scale shape: the complete path with a sparse A against the O(N^2) layers."""
+    out = tmp_path / "scale"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "layers.py"), "--quick", "--shapes", "scale",
+         "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    with open(out / "layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    want = {"agcn_complete", "agcn_dense", "dense_gat", "dense_gcn", "gat", "gcn"}
+    assert {r["layer"] for r in rows} == want
+    assert {r["shape"] for r in rows} == {"scale"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert float(r["fwd_bwd_ms"]) > 0 and float(r["fwd_bwd_mem_mib"]) > 0
+    assert "Complete label graph, sparse A" in (out / "layers.md").read_text()
+    assert (out / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_layers_skips_by_estimate(tmp_path, monkeypatch):
