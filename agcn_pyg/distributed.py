@@ -4,8 +4,8 @@
 ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and
 starts the default process group (NCCL on CUDA, gloo on CPU) — also for a single process
 (``--nproc_per_node=1``), so a one-GPU ``torchrun`` exercises DDP and NCCL as a larger job
-would. Without them everything runs as a single process and every helper below degrades to the obvious single-rank answer, so a
-script can call them unconditionally.
+would. Without them everything runs as a single process and every helper below degrades
+to the obvious single-rank answer, so a script can call them unconditionally.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo",
     "all_gather_object",
+    "all_gather_rows",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",
@@ -145,6 +146,25 @@ def all_reduce_max(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item()
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``x`` (``[n_rank, ...]``, ``n_rank`` may differ between ranks)
+    concatenated in rank order, on the CPU; ``x`` itself without a process group."""
+    if not is_distributed():
+        return x.cpu()
+    device = _collective_device()
+    x = x.to(device)
+    # all_gather needs equal shapes: pad every rank's rows to the largest count, then trim.
+    n = torch.tensor([x.size(0)], device=device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    max_n = int(max(s.item() for s in sizes))
+    padded = x.new_zeros((max_n, *x.shape[1:]))
+    padded[: x.size(0)] = x
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes, strict=True)]).cpu()
 
 
 def all_gather_object(obj):

@@ -83,9 +83,9 @@ def export_model(
     Returns:
         torch.export.ExportedProgram: call ``.module()`` on it for an :class:`nn.Module`.
     """
-    from agcn_pyg.predict import load_for_inference
+    from agcn_pyg.checkpoint import load_model
 
-    model, label_names, data_config = load_for_inference(checkpoint, use_ema=use_ema)
+    model, label_names, data_config = load_model(checkpoint, use_ema=use_ema)
     if example_input_size is None:
         example_input_size = data_config.get("input_size")
         if example_input_size is None:

@@ -32,9 +32,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torchmetrics.functional.classification import multilabel_average_precision
+
+from agcn_pyg.distributed import all_gather_rows, is_distributed
 
 __all__ = [
     "MultiLabelMetrics",
@@ -167,20 +168,6 @@ def deduplicate_predictions(
     return scores[order], targets[order], indices[order]
 
 
-def _all_gather_varsize(x: Tensor, device: torch.device) -> Tensor:
-    # all_gather needs equal shapes: pad every rank's rows to the largest count, then trim.
-    x = x.to(device)
-    n = torch.tensor([x.size(0)], device=device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    max_n = int(max(s.item() for s in sizes))
-    padded = x.new_zeros((max_n, *x.shape[1:]))
-    padded[: x.size(0)] = x
-    out = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(out, padded)
-    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes, strict=True)]).cpu()
-
-
 def gather_predictions(
     scores: Tensor, targets: Tensor, indices: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -193,18 +180,12 @@ def gather_predictions(
     Returns:
         ``(scores, targets, indices)`` on the CPU.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        backend = dist.get_backend()
-        device = (
-            torch.device("cuda", torch.cuda.current_device())
-            if backend == "nccl"
-            else torch.device("cpu")
-        )
-        scores = _all_gather_varsize(scores.float(), device)
+    if is_distributed():
+        scores = all_gather_rows(scores.float())
         # bool is not supported by every backend's all_gather.
-        targets = _all_gather_varsize(targets.to(torch.uint8), device).to(targets.dtype)
+        targets = all_gather_rows(targets.to(torch.uint8)).to(targets.dtype)
         if indices is not None:
-            indices = _all_gather_varsize(torch.as_tensor(indices).reshape(-1).long(), device)
+            indices = all_gather_rows(torch.as_tensor(indices).reshape(-1).long())
     if indices is not None:
         scores, targets, indices = deduplicate_predictions(scores, targets, indices)
     return scores, targets, indices

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from agcn_pyg.checkpoint import atomic_write
+from agcn_pyg.checkpoint import LoadedModel, atomic_write, load_model
 from agcn_pyg.data import read_rgb
 from agcn_pyg.model import MLAGCN
 
@@ -29,7 +29,6 @@ __all__ = [
     "check_options",
     "eval_transform",
     "find_images",
-    "load_for_inference",
     "predict",
     "write_csv",
     "write_json",
@@ -66,41 +65,6 @@ def find_images(
         else:
             raise FileNotFoundError(f"'paths': '{path}' is neither an image file nor a folder")
     return out
-
-
-def load_for_inference(
-    checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN,
-    use_ema: bool = True,
-) -> tuple[MLAGCN, list[str], dict[str, Any]]:
-    """Returns ``(model, label_names, data_config)`` of a training checkpoint (path or
-    dict), a folder written by :func:`~agcn_pyg.pretrained.save_pretrained`, or a model;
-    the model in eval mode, with the EMA weights when the checkpoint has them and
-    ``use_ema`` (a folder holds one set of weights). ``data_config`` is timm's
-    :func:`~timm.data.resolve_data_config` of the model, i.e. its ``pretrained_cfg``: the
-    preprocessing it was trained with; labels without names are named by index."""
-    from timm.data import resolve_data_config
-
-    if isinstance(checkpoint, MLAGCN):
-        model = checkpoint
-    elif isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-        from agcn_pyg.pretrained import from_pretrained
-
-        model = from_pretrained(checkpoint)
-    else:
-        from agcn_pyg.checkpoint import model_from_checkpoint
-
-        model, state = model_from_checkpoint(
-            dict(checkpoint) if isinstance(checkpoint, Mapping) else checkpoint, use_ema=use_ema
-        )
-        data_config = state["config"].get("data_config") or {}
-        if "input_size" not in data_config or "mean" not in data_config:
-            warnings.warn(
-                "the checkpoint has no data_config (input_size, mean, std); using timm's "
-                f"default for the backbone '{state['config']['model_name']}'",
-                stacklevel=2,
-            )
-    names = model.label_names or [str(i) for i in range(model.num_classes)]
-    return model, names, dict(resolve_data_config({}, model=model))
 
 
 def eval_transform(data_config: Mapping[str, Any]):
@@ -189,7 +153,7 @@ def check_options(
 
 @torch.no_grad()
 def predict(
-    checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN,
+    checkpoint: str | os.PathLike | Mapping[str, Any] | MLAGCN | LoadedModel,
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     threshold: float = 0.5,
     top_k: int | None = None,
@@ -229,7 +193,7 @@ def predict(
     """
     device = check_options(threshold, top_k, fallback_k, batch_size, num_workers, device)
     files = find_images(paths)
-    model, names, data_config = load_for_inference(checkpoint, use_ema=use_ema)
+    model, names, data_config = load_model(checkpoint, use_ema=use_ema)
     model = model.to(device).eval()
     loader = DataLoader(
         _ImageFiles(files, eval_transform(data_config)),

@@ -75,10 +75,10 @@ def _resolve(
 ) -> tuple[MultiLabelHead, list[str]]:
     """The head and the label names of a checkpoint path/dict, a save_pretrained folder,
     an MLAGCN or a head."""
-    if isinstance(model, (str, os.PathLike, dict, MLAGCN)):
-        from agcn_pyg.predict import load_for_inference
+    from agcn_pyg.checkpoint import LoadedModel, load_model
 
-        model, names, _ = load_for_inference(model, use_ema=use_ema)
+    if isinstance(model, (str, os.PathLike, dict, MLAGCN, LoadedModel)):
+        model, names, _ = load_model(model, use_ema=use_ema)
         if label_names is None and model.label_names is not None:
             label_names = names
     if isinstance(model, MLAGCN):

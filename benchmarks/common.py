@@ -232,8 +232,14 @@ def device_tag(device: torch.device) -> str:
 
 
 def default_out_dir(device: torch.device, suffix: str = "") -> Path:
-    """``benchmarks/results/<YYYY-MM-DD>-<device tag><suffix>/``."""
-    return RESULTS_DIR / f"{datetime.date.today().isoformat()}-{device_tag(device)}{suffix}"
+    """``benchmarks/results/<YYYY-MM-DD>-<device tag><suffix>/``, or with ``-2``, ``-3``, ...
+    appended when that folder exists: a run never overwrites earlier (committed) results."""
+    base = RESULTS_DIR / f"{datetime.date.today().isoformat()}-{device_tag(device)}{suffix}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
@@ -279,7 +285,7 @@ def str_list(text: str) -> list[str]:
 def start_results(
     out: Path | None, device: torch.device, script: str, argv: Sequence[str], suffix: str = ""
 ) -> tuple[Path, dict[str, Any]]:
-    """Creates the results folder (``out`` or :func:`default_out_dir`) and writes its
+    """Creates the results folder (``out``, or a new :func:`default_out_dir`) and writes its
     ``env.json`` with the command line; returns the folder and the env dict."""
     out = out or default_out_dir(device, suffix)
     out.mkdir(parents=True, exist_ok=True)

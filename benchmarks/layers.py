@@ -46,7 +46,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 from torch_geometric.nn import DenseGATConv, DenseGCNConv, GATConv, GCNConv
-from torch_geometric.profile import count_parameters
 from torch_geometric.utils import coalesce, remove_self_loops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,7 +63,7 @@ from common import (  # noqa: E402
     write_csv,
 )
 
-from agcn_pyg import AdaptiveGCNConv  # noqa: E402
+from agcn_pyg import AdaptiveGCNConv, count_parameters  # noqa: E402
 
 MiB = 2**20
 GiB = 2**30

@@ -68,9 +68,10 @@ from agcn_pyg import (  # noqa: E402
     count_parameters,
     create_model,
 )
+from agcn_pyg.train import LoopConfig, resolve_amp  # noqa: E402
 
 MiB = 2**20
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+DTYPES = ("bf16", "fp16", "fp32")  # agcn_pyg.train.resolve_amp maps them, as --amp does
 
 MODEL_COLUMNS = [
     "mode", "head", "layers", "compiled", "status", "ms", "ms_min", "images_per_s",
@@ -137,7 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dtype",
-        choices=list(DTYPES),
+        choices=DTYPES,
         default="bf16",
         help="bf16/fp16: forward under torch.autocast (fp16 with a GradScaler); fp32: no "
         "autocast (default: bf16)",
@@ -281,9 +282,9 @@ class Case:
         self.calls = count_classifier_calls(head_of(self.model))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)  # ASL's optimiser
         self.loss_fn = asymmetric_loss()
-        self.scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-        dtype = DTYPES[args.dtype]
-        self.autocast = lambda: torch.autocast(device.type, dtype, enabled=dtype is not None)
+        amp_dtype, use_scaler = resolve_amp(args.dtype, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.autocast = LoopConfig(device, amp_dtype).autocast
         self.images, self.targets = images, targets
 
     def train_step(self) -> None:
@@ -421,8 +422,7 @@ def measure_head(h: Head, x: Tensor, grad: Tensor, adj: Tensor, args, device) ->
         if h.compiled:
             compile_classifiers(head, args.compile_mode)
     opt = torch.optim.Adam(head.parameters(), lr=1e-4)
-    dtype = DTYPES[args.dtype]
-    autocast = lambda: torch.autocast(device.type, dtype, enabled=dtype is not None)  # noqa: E731
+    autocast = LoopConfig(device, resolve_amp(args.dtype, device)[0]).autocast
     row: dict[str, Any] = {
         "head": h.name, "layers": h.layers, "compiled": h.compiled, "in_features": d,
         "num_labels": args.num_labels, "batch_size": x.size(0), "dtype": args.dtype,

@@ -15,15 +15,9 @@ import argparse
 import sys
 import warnings
 
+from agcn_pyg.checkpoint import load_model
 from agcn_pyg.cli import check_output_file, read_checkpoint, run
-from agcn_pyg.predict import (
-    check_options,
-    find_images,
-    load_for_inference,
-    predict,
-    write_csv,
-    write_json,
-)
+from agcn_pyg.predict import check_options, find_images, predict, write_csv, write_json
 
 
 def main(argv=None) -> int:
@@ -65,7 +59,7 @@ def main(argv=None) -> int:
         files = check_args()
         state = read_checkpoint(args.checkpoint)
         warnings.showwarning = warn
-        model, names, _ = load_for_inference(state, use_ema=not args.no_ema)
+        model, names, _ = load_model(state, use_ema=not args.no_ema)
         records = predict(
             model, files, threshold=args.threshold, top_k=args.top_k,
             batch_size=args.batch_size, device=args.device, use_ema=not args.no_ema,

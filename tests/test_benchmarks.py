@@ -108,6 +108,19 @@ def test_layers_skips_by_estimate(tmp_path, monkeypatch):
     assert (out / "layers.md").exists() and (out / "layers.png").exists()
 
 
+def test_default_out_dir_never_reuses_a_folder(tmp_path, monkeypatch):
+    """Runs without --out get a new folder: committed results are never overwritten."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    common = importlib.import_module("common")
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    first = common.default_out_dir(torch.device("cpu"), "-x")
+    first.mkdir()
+    second = common.default_out_dir(torch.device("cpu"), "-x")
+    second.mkdir()
+    third = common.default_out_dir(torch.device("cpu"), "-x")
+    assert (second.name, third.name) == (first.name + "-2", first.name + "-3")
+
+
 # ---------------------------------------------------------------------------------------
 # benchmarks/model.py (tests go here)
 # ---------------------------------------------------------------------------------------

@@ -80,14 +80,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "DEMO" in out and "SYNTHETIC" in out
     assert "| EMA" in out and "mAP" in out
-    for name in ("last.pth", "best.pth", "log.jsonl", "loss.png", "map.png",
-                 "label_graph.pt"):
+    for name in ("last.pth", "best.pth", "log.jsonl", "summary.csv", "config.yaml",
+                 "loss.png", "map.png", "label_graph.pt"):
         assert os.path.isfile(tmp_path / name), name
     (record,) = read_log(tmp_path / "log.jsonl")
     assert record["epoch"] == 1 and record["model"]["num_images"] == 7
     state = load_checkpoint(tmp_path / "last.pth")
     for key in ("config", "label_names", "adj", "node_features", "model", "ema", "optimizer",
-                "scheduler", "scaler", "epoch", "best", "history", "rng", "args"):
+                "scheduler", "scaler", "epoch", "best", "history", "rng", "run_config"):
         assert key in state, key
     assert state["epoch"] == 1 and state["step"] == 0
     assert state["config"]["data_config"]["input_size"] == (3, 32, 32)

@@ -1,9 +1,11 @@
-"""Loss and mAP curves as PNG files, from the JSON-lines training log.
+"""Loss and mAP curves as PNG files, from a run's JSON-lines log.
 
-Each line of ``log.jsonl`` (written by ``examples/coco_train.py``) is one epoch's record;
-the keys read here are ``epoch``, ``train_loss``, ``val_loss``, ``val_loss_ema``, ``mAP``
-and ``mAP_ema`` (missing or ``null`` values are skipped). Plots use matplotlib's
-non-interactive Agg backend, so they work on a headless server.
+Each line of ``log.jsonl`` (written by :class:`~agcn_pyg.train.RunLogger`) is one epoch's
+record; the keys read here are ``epoch``, ``train_loss``, ``val_loss``, ``val_loss_ema``,
+``mAP`` and ``mAP_ema`` (missing or ``null`` values are skipped). The figures are
+:class:`matplotlib.figure.Figure` objects drawn straight to PNG: pyplot and the caller's
+matplotlib backend are never touched, so this works on a headless server and inside a
+notebook alike.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return xs, ys
 
 
+_PLOTS = (
+    ("loss.png", "ASL loss per image", "loss",
+     {"train_loss": "train", "val_loss": "val (model)", "val_loss_ema": "val (EMA)"}),
+    ("map.png", "Validation mAP", "mAP (%)", {"mAP": "model", "mAP_ema": "EMA"}),
+)
+
+
 def plot_curves(log_path: str | os.PathLike, out_dir: str | os.PathLike | None = None
                 ) -> list[str]:
     """Writes ``loss.png`` (training and validation loss per image) and ``map.png``
@@ -46,25 +55,19 @@ def plot_curves(log_path: str | os.PathLike, out_dir: str | os.PathLike | None =
     Returns:
         The paths written (none when the log is empty).
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from agcn_pyg.checkpoint import atomic_write
 
     records = read_log(log_path)
     if not records:
         return []
     out_dir = os.fspath(out_dir) if out_dir is not None else os.path.dirname(
         os.path.abspath(log_path))
-    os.makedirs(out_dir, exist_ok=True)
-
     written = []
-    for name, title, ylabel, keys in (
-        ("loss.png", "ASL loss per image", "loss",
-         {"train_loss": "train", "val_loss": "val (model)", "val_loss_ema": "val (EMA)"}),
-        ("map.png", "Validation mAP", "mAP (%)", {"mAP": "model", "mAP_ema": "EMA"}),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, title, ylabel, keys in _PLOTS:
+        fig = Figure(figsize=(6, 4), dpi=100)  # no pyplot: no global figure, no backend
+        ax = fig.add_subplot()
         for key, label in keys.items():
             xs, ys = _series(records, key)
             if xs:
@@ -77,7 +80,7 @@ def plot_curves(log_path: str | os.PathLike, out_dir: str | os.PathLike | None =
             ax.legend()
         fig.tight_layout()
         path = os.path.join(out_dir, name)
-        fig.savefig(path)
-        plt.close(fig)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png")
         written.append(path)
     return written

@@ -1,0 +1,151 @@
+"""The run folder (``--output``) and what it guarantees: nothing of a run is lost or
+silently wrong.
+
+* a folder that holds a run is never overwritten by a plain re-run (:meth:`RunFolder.claim`:
+  resume it, choose another folder, or say ``overwrite``);
+* temporary files that a killed write left behind are removed (:meth:`~RunFolder.
+  remove_stale_temps`);
+* ``best.pth`` agrees with the best epoch recorded in ``last.pth``, or is rebuilt
+  (:meth:`~RunFolder.repair_best`);
+* there is room for the checkpoints before the first epoch (:meth:`~RunFolder.
+  check_free_space`);
+* the resolved configuration is kept as ``config.yaml`` (:meth:`~RunFolder.save_config`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agcn_pyg.checkpoint import (
+    TEMP_PREFIX,
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+    weights_checkpoint,
+)
+
+__all__ = ["RunFolder", "RunFolderError"]
+
+#: What a run writes besides ``checkpoint-<epoch>.pth``, ``tensorboard/`` and ``data/``.
+RUN_FILES = ("last.pth", "best.pth", "log.jsonl", "summary.csv", "config.yaml", "loss.png",
+             "map.png")
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked; the message says what to do instead."""
+
+
+class RunFolder:
+    """A run's output folder; ``last``, ``best``, ``log`` are the paths of its files."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.last = os.path.join(self.path, "last.pth")
+        self.best = os.path.join(self.path, "best.pth")
+        self.log = os.path.join(self.path, "log.jsonl")
+
+    def hist_path(self, epoch: int) -> str:
+        """Where ``--checkpoint-hist`` keeps the weights of epoch ``epoch``."""
+        return os.path.join(self.path, f"checkpoint-{epoch}.pth")
+
+    def describe_run(self) -> str | None:
+        """What run the folder holds (``None``: no started run)."""
+        found = [f for f in ("last.pth", "best.pth") if os.path.isfile(os.path.join(
+            self.path, f))]
+        if os.path.isfile(self.log) and os.path.getsize(self.log) > 0:
+            found.append("log.jsonl")
+        if not found:
+            return None
+        try:
+            state = load_checkpoint(self.last)
+            return (f"{', '.join(found)}; {state['epoch']} epoch(s) done, best mAP "
+                    f"{state['best']['mAP']:.2f}")
+        except (OSError, CheckpointError, KeyError, TypeError, ValueError):
+            return ", ".join(found)
+
+    def claim(self, resume: bool, overwrite: bool) -> None:
+        """Makes the folder ready for a run: refuses one that holds a run unless resuming
+        it or ``overwrite`` (which removes the old run's files first)."""
+        held = self.describe_run()
+        if held is not None and not resume:
+            if not overwrite:
+                raise RunFolderError(
+                    f"--output '{self.path}' already holds a run ({held}); continue it with "
+                    f"--resume auto, start a new one with another --output, or replace it "
+                    f"with --overwrite")
+            self.clear()
+        os.makedirs(self.path, exist_ok=True)
+        self.remove_stale_temps()
+
+    def clear(self) -> None:
+        """Removes a previous run's files (not the demo data nor the label-graph cache)."""
+        for name in RUN_FILES:
+            path = os.path.join(self.path, name)
+            if os.path.isfile(path):
+                os.remove(path)
+        for path in glob.glob(os.path.join(self.path, "checkpoint-*.pth")):
+            os.remove(path)
+        shutil.rmtree(os.path.join(self.path, "tensorboard"), ignore_errors=True)
+
+    def remove_stale_temps(self) -> list[str]:
+        """Removes the temporary files of interrupted atomic writes; returns their names."""
+        stale = glob.glob(os.path.join(self.path, glob.escape(TEMP_PREFIX) + "*"))
+        for path in stale:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        return stale
+
+    def check_free_space(self, nbytes: int) -> None:
+        """Raises when the folder's file system has less than ``nbytes`` (plus 10 %) free."""
+        free = shutil.disk_usage(self.path).free
+        if free < 1.1 * nbytes:
+            raise RunFolderError(
+                f"--output '{self.path}': {free / 2**20:.0f} MiB free, but the checkpoints "
+                f"need about {nbytes / 2**20:.0f} MiB; free some space or choose another "
+                f"--output")
+
+    def save_config(self, config: Mapping[str, Any]) -> str:
+        """Writes ``config.yaml`` (a file ``--config`` reads back)."""
+        import yaml
+
+        path = os.path.join(self.path, "config.yaml")
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+        with atomic_write(path, "w") as f:
+            yaml.safe_dump(plain, f, sort_keys=False)
+        return path
+
+    def repair_best(self, last: Mapping[str, Any], say: Callable[[str], Any] = print
+                    ) -> dict[str, Any]:
+        """Checks that ``best.pth`` holds the best epoch that ``last`` (the resumed training
+        checkpoint) records. A kill during its write leaves it stale or missing: it is then
+        rebuilt from ``last`` when ``last`` is that epoch's end, and otherwise the best
+        record restarts from what ``best.pth`` holds. Returns the best record to go on
+        with."""
+        best = dict(last["best"])
+        if best.get("epoch") is None:
+            return best
+        try:
+            on_disk = load_checkpoint(self.best)
+        except (FileNotFoundError, CheckpointError):
+            on_disk = None
+        if on_disk is not None and on_disk.get("epoch") == best["epoch"]:
+            return best
+        found = "missing" if on_disk is None else f"from epoch {on_disk.get('epoch')}"
+        if last["epoch"] == best["epoch"] and last.get("step", 0) == 0:
+            save_checkpoint(weights_checkpoint(last), self.best)
+            say(f"Repaired {self.best}: it was {found}, the best epoch is {best['epoch']}; "
+                f"rebuilt from {self.last}")
+            return best
+        best = dict(on_disk["best"]) if on_disk is not None else {
+            "mAP": float("-inf"), "epoch": None, "source": None}
+        say(f"Warning: {self.best} is {found} but the best epoch was {last['best']['epoch']}, "
+            f"which cannot be rebuilt; best.pth will be replaced by the next epoch that beats "
+            f"mAP {best['mAP']:.2f}")
+        return best
