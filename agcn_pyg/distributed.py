@@ -29,6 +29,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main",
+    "on_main",
 ]
 
 
@@ -174,6 +175,27 @@ def all_gather_object(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn, *args, **kwargs):
+    """Runs ``fn(*args, **kwargs)`` on rank 0 only (a file write, a check of the output
+    folder) and returns its result there (``None`` elsewhere). A :class:`ValueError` or
+    :class:`OSError` it raises is raised on every rank, with the same message, so that
+    all ranks stop together instead of waiting for rank 0 in the next collective."""
+    result, error = None, None
+    if get_rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except (ValueError, OSError) as e:
+            error = e
+    if is_distributed():
+        failed = all_gather_object(None if error is None else (type(error), str(error)))[0]
+        if failed is not None and error is None:
+            kind, message = failed
+            error = kind(message)
+    if error is not None:
+        raise error
+    return result
 
 
 def cleanup() -> None:

@@ -22,6 +22,7 @@ pieces are in :mod:`agcn_pyg.train`; this script parses arguments and wires them
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -37,14 +38,13 @@ from agcn_pyg.checkpoint import (
     load_checkpoint,
     model_config,
 )
-from agcn_pyg.distributed import all_gather_object, barrier, cleanup, init_distributed
+from agcn_pyg.distributed import all_gather_object, cleanup, init_distributed, on_main
 from agcn_pyg.metrics import TABLE_COLUMNS, format_table
 from agcn_pyg.node_features import load_node_features
 from agcn_pyg.transforms import squash_data_config
 
-DATA_FLAGS = ("data", "train_ann", "train_images", "val_ann", "val_images", "train_list",
-              "val_list", "image_root", "val_image_root", "label_names", "image_labels",
-              "num_labels")
+DATA_FLAGS = tuple(f for f in train.DataConfig.__dataclass_fields__
+                   if f not in ("year", "keep_empty"))
 # Flags a resumed run may change; every other one is taken from the checkpoint, since it
 # shapes the training trajectory.
 RUNTIME_FLAGS = {*DATA_FLAGS, "year", "epochs", "workers", "pin_memory", "persistent_workers",
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of flag: value defaults (e.g. a run's config.yaml)")
     g = p.add_argument_group("data (COCO format; none given = synthetic demo)").add_argument
     g("--data", help="COCO root holding train2014/ val2014/ annotations/ (or 2017)")
-    g("--year", choices=("auto", "2014", "2017"), default="auto")
+    g("--year", choices=("auto", "2014", "2017"), default="auto", help="release under --data")
     for split in ("train", "val"):
         g(f"--{split}-ann", help=f"COCO-format instances JSON ({split})")
         g(f"--{split}-images", help=f"image folder of --{split}-ann")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model").add_argument
     g("--model", default="tresnet_m", help="timm backbone")
     g("--pretrained", help="local timm checkpoint of the backbone")
-    g("--img-size", type=POS, default=448)
+    g("--img-size", type=POS, default=448, help="square input size")
     g("--num-layers", type=POS, default=2, help="graph layers")
     g("--hidden", type=POS, default=1024, help="hidden graph channels")
     g("--node-features", help=".npy/.pt [N, d] node features (default one-hot)")
@@ -100,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     g("--drop-path", type=FRACTION, default=0.0, help="backbone drop-path rate")
     g = p.add_argument_group("recipe (ASL's: Adam + OneCycle; timm's optimizers and schedules)")
     g = g.add_argument
-    g("--epochs", type=POS, default=40)
+    g("--epochs", type=POS, default=40, help="epochs to train")
     g("--sched-epochs", type=POS, help="schedule length (default --epochs; ASL: 80, stop at 40)")
     g("--batch-size", type=POS, default=64, help="per process")
     g("--eval-batch-size", type=POS, help="default --batch-size")
     g("--grad-accum-steps", type=POS, default=1, help="batches per optimizer update")
     g("--opt", default="adam", help="timm optimizer name")
     g("--lr", type=train.bounded(float, 0, low_open=True), default=1e-4, help="peak lr")
-    g("--weight-decay", type=NONNEG_F, default=1e-4)
+    g("--weight-decay", type=NONNEG_F, default=1e-4, help="none on biases and norms")
     g("--momentum", type=PROB, default=0.9, help="for SGD-like --opt")
     g("--sched", default="onecycle", help="onecycle or a timm schedule (cosine, step, ...)")
     g("--pct-start", type=train.bounded(float, 0, 1, True, True), default=0.2,
@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g("--warmup-lr", type=NONNEG_F, default=1e-5, help="timm schedules' first lr")
     g("--min-lr", type=NONNEG_F, default=0.0, help="timm schedules' last lr")
     g("--clip-grad", type=train.bounded(float, 0, low_open=True), help="max gradient norm")
-    g("--clip-mode", choices=("norm", "value", "agc"), default="norm")
-    g("--gamma-neg", type=NONNEG_F, default=4.0)
-    g("--gamma-pos", type=NONNEG_F, default=0.0)
+    g("--clip-mode", choices=("norm", "value", "agc"), default="norm", help="timm's")
+    g("--gamma-neg", type=NONNEG_F, default=4.0, help="ASL focusing of negatives")
+    g("--gamma-pos", type=NONNEG_F, default=0.0, help="ASL focusing of positives")
     g("--clip", type=FRACTION, default=0.05, help="ASL probability margin")
     g("--ema-decay", type=FRACTION, default=0.9997, help="0 disables the EMA")
     g("--randaugment", default="rand-m9-mstd0.5", help="timm string or 'none'")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g("--workers", type=NONNEG, default=max(1, min(8, workers)),
       help="DataLoader workers per process (cores / local processes, at most 8)")
     g("--pin-memory", action=Bool, default=None, help="default: on CUDA")
-    g("--persistent-workers", action=Bool, default=True)
+    g("--persistent-workers", action=Bool, default=True, help="keep workers across epochs")
     g("--prefetch-factor", type=POS, default=2, help="batches per worker")
     g("--output", help="run folder (default runs/<timestamp>)")
     g("--overwrite", action="store_true", help="replace a run already in --output")
@@ -147,10 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     g("--log-interval", type=POS, default=20, help="updates between progress/NaN/signal checks")
     g("--no-progress", action="store_true", help="no progress bar or lines")
     return p
-
-
-def _print(*a, **k) -> None:
-    print(*a, **k, flush=True)
 
 
 def loop_config(args, info, input_size=None) -> train.LoopConfig:
@@ -169,7 +165,7 @@ def loader_kwargs(args, info) -> dict:
                 prefetch_factor=args.prefetch_factor)
 
 
-def run_evaluate(args, explicit: set[str], info) -> int:
+def run_evaluate(args, explicit: set[str], info, say) -> int:
     state = load_checkpoint(args.evaluate)
     if not any(f in explicit for f in DATA_FLAGS):  # the data it was trained with
         for f in (*DATA_FLAGS, "year"):
@@ -181,18 +177,17 @@ def run_evaluate(args, explicit: set[str], info) -> int:
     results, params = train.evaluate_checkpoint(
         state, val_set, loop_config(args, info), args.eval_batch_size or args.batch_size,
         args.threshold, **{**loader_kwargs(args, info), "persistent_workers": False})
-    if info.is_main:
-        _print(f"Checkpoint {args.evaluate} (epoch {state.get('epoch')}), "
-               f"{results[next(iter(results))]['num_images']} validation images, "
-               f"threshold {args.threshold}")
-        rows = {k: {**m, "Params (M)": params[k] / 1e6} for k, m in results.items()}
-        _print(format_table(rows, ("Params (M)", *TABLE_COLUMNS)))
-        if "output" in explicit:
-            out = os.path.join(args.output, "eval.json")
-            with atomic_write(out, "w") as f:
-                json.dump(train.json_safe({"checkpoint": args.evaluate, "params": params,
-                                           "metrics": results}), f, indent=1)
-            _print(f"Wrote {out}")
+    say(f"Checkpoint {args.evaluate} (epoch {state.get('epoch')}), "
+        f"{results[next(iter(results))]['num_images']} validation images, "
+        f"threshold {args.threshold}")
+    rows = {k: {**m, "Params (M)": params[k] / 1e6} for k, m in results.items()}
+    say(format_table(rows, ("Params (M)", *TABLE_COLUMNS)))
+    if "output" in explicit and info.is_main:
+        out = os.path.join(args.output, "eval.json")
+        with atomic_write(out, "w") as f:
+            json.dump(train.json_safe({"checkpoint": args.evaluate, "params": params,
+                                       "metrics": results}), f, indent=1)
+        say(f"Wrote {out}")
     return 0
 
 
@@ -215,14 +210,12 @@ def prepare_run(args, explicit: set[str], info, say):
     args.sched_epochs = args.sched_epochs or args.epochs
     if args.sched_epochs < args.epochs:
         raise ValueError(f"--sched-epochs {args.sched_epochs} is less than --epochs {args.epochs}")
-    if info.is_main:
-        folder.claim(resume is not None, args.overwrite)
-    barrier()
+    on_main(folder.claim, resume is not None, args.overwrite)  # every rank stops if refused
     if args.demo:
         spec = dict(num_train=args.demo_train, num_val=args.demo_val, image_size=args.img_size,
                     num_labels=args.demo_labels, seed=args.seed)
-        paths = train.make_demo_data(os.path.join(args.output, "data"), spec, info.is_main)
-        barrier()
+        on_main(train.make_demo_data, os.path.join(args.output, "data"), spec)
+        paths = train.make_demo_data(os.path.join(args.output, "data"), spec, write=False)
         vars(args).update({k: v for k, v in vars(paths).items() if v is not None})
         say(f"{'=' * 78}\nDEMO on a small SYNTHETIC dataset (coloured shapes), {args.model} at "
             f"{args.img_size}px on {info.device.type}; its numbers say nothing about COCO.\n"
@@ -302,8 +295,7 @@ def setup_training(args, explicit: set[str], info, say) -> train.Trainer:
     if resume is not None:
         trainer.resume(resume)
     trainer.check_free_space()
-    if info.is_main:
-        folder.save_config({k: v for k, v in run_config.items() if k not in NOT_SAVED})
+    on_main(folder.save_config, {k: v for k, v in run_config.items() if k not in NOT_SAVED})
     return trainer
 
 
@@ -322,19 +314,22 @@ def main(argv: list[str] | None = None) -> int:
         args.output = os.path.dirname(os.path.abspath(args.resume))
     args.output = args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     info = init_distributed(args.device)
-    say = _print if info.is_main else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True) if info.is_main else (lambda *a, **k: None)
     try:
         args.output = all_gather_object(args.output)[0]  # rank 0's timestamp wins
         try:
             if args.evaluate:
-                return run_evaluate(args, explicit, info)
+                return run_evaluate(args, explicit, info, say)
             trainer = setup_training(args, explicit, info, say)
         except (FileNotFoundError, ValueError) as e:  # the library's one-line errors
             say(f"{parser.prog}: error: {e}", file=sys.stderr)
             return 2
         say(f"Output: {args.output}")
         return trainer.fit()
-    except (train.NonFiniteLossError, CheckpointWriteError) as e:
+    except CheckpointWriteError as e:  # raised on every rank
+        say(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    except train.NonFiniteLossError as e:  # each rank names what it saw
         print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:

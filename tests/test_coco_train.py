@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -247,3 +248,115 @@ def test_non_finite_loss_stops_without_checkpoint(data, tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "non-finite training loss" in err and "epoch 1, step 1/3" in err
     assert not os.path.exists(tmp_path / "last.pth")
+
+
+# ---------------------------------------------------------------------------------------
+# The command line: defaults, --config, validation, run-folder guarantees
+# ---------------------------------------------------------------------------------------
+
+
+def test_help_shows_the_recipe_and_lists_the_demo_overrides(capsys):
+    with pytest.raises(SystemExit) as info:
+        coco_train.main(["--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--model MODEL timm backbone (default: tresnet_m)" in out
+    assert "--img-size IMG_SIZE square input size (default: 448)" in out
+    assert "--lr LR peak lr (default: 0.0001)" in out
+    assert "changes these defaults: --model resnet10t --img-size 64" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "argument --epochs: must be >= 1 (got 0)"),
+    (["--lr", "-1"], "argument --lr: must be > 0"),
+    (["--threshold", "1.5"], "argument --threshold: must be >= 0 and <= 1 (got 1.5)"),
+    (["--config", "nope.yaml"], "--config: file 'nope.yaml' does not exist"),
+])
+def test_bad_arguments_are_refused_up_front(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        coco_train.main([*flags, "--output", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_finished_run_is_not_overwritten(data, two_epochs, capsys):
+    before = {f: os.path.getmtime(os.path.join(two_epochs, f)) for f in os.listdir(two_epochs)}
+    assert coco_train.main([*data_flags(data), *TINY, "--output", two_epochs]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume auto" in err and "--overwrite" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert {f: os.path.getmtime(os.path.join(two_epochs, f))
+            for f in os.listdir(two_epochs)} == before
+
+
+@pytest.mark.parametrize("mode", ["--evaluate", "--resume"])
+def test_damaged_checkpoint_is_one_line(mode, two_epochs, tmp_path, capsys):
+    bad = tmp_path / "last.pth"
+    data = open(os.path.join(two_epochs, "last.pth"), "rb").read()
+    bad.write_bytes(data[: len(data) // 3])
+    assert coco_train.main([mode, str(bad), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "truncated" in err and str(bad) in err
+
+
+def test_resume_repairs_best_and_removes_stale_temp_files(two_epochs, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(two_epochs, out)
+    (out / "best.pth").unlink()  # as a kill -9 during its write can leave it
+    (out / ".tmp-k1ll3d.pth").write_bytes(b"PK\x03\x04 half a checkpoint")
+    last = load_checkpoint(out / "last.pth")
+    assert coco_train.main(["--resume", "auto", "--output", str(out), "--epochs", "2",
+                            "--workers", "0", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+    if last["best"]["epoch"] == last["epoch"]:  # rebuilt from last.pth
+        assert "Repaired" in said
+        best = load_checkpoint(out / "best.pth")
+        assert best["epoch"] == last["epoch"] and "optimizer" not in best
+    else:  # that epoch's weights are gone: said so
+        assert "cannot be rebuilt" in said
+
+
+def test_unreadable_validation_set_fails_before_training(data, tmp_path, capsys):
+    val_dir = tmp_path / "val"
+    shutil.copytree(data.val_image_dir, val_dir)
+    for name in os.listdir(val_dir):
+        (val_dir / name).write_bytes(b"not an image")
+    flags = data_flags(data)
+    flags[flags.index("--val-images") + 1] = str(val_dir)
+    with pytest.warns(UserWarning):
+        rc = coco_train.main([*flags, *TINY, "--output", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"none of the {NUM_VAL} validation images can be read" in err
+    assert not os.path.exists(tmp_path / "o" / "log.jsonl")
+
+
+def test_config_file_and_a_plain_log(data, tmp_path):
+    """A run from a --config file with a flag on top, its output piped to a file: no
+    carriage returns (no progress-bar redraws), a summary.csv, the resolved config.yaml."""
+    config = tmp_path / "run.yaml"
+    config.write_text("model: resnet10t\nimg-size: 32\nbatch_size: 8\nworkers: 0\n"
+                      "ema_decay: 0.9\namp: 'off'\nhidden: 32\nepochs: 3\nlr: 2e-4\n")
+    out = tmp_path / "run"
+    log = tmp_path / "stdout.txt"
+    with open(log, "w") as f:  # progress on: off a terminal it is plain lines
+        r = subprocess.run([sys.executable, SCRIPT, "--config", str(config), *data_flags(data),
+                            "--log-interval", "1", "--epochs", "1", "--output", str(out)],
+                           stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=300,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    text = log.read_text()
+    assert r.returncode == 0, text[-3000:]
+    assert "\r" not in text and "train 1 [1/3] loss" in text
+    with open(out / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["epoch"] == "1" and float(row["eval_mAP"]) >= 0
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["epochs"], saved["lr"], saved["model"]) == (1, 2e-4, "resnet10t")
+    assert "output" not in saved and "resume" not in saved
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["run_config"]["lr"] == 2e-4 and state["run_config"]["hidden"] == 32

@@ -75,6 +75,8 @@ def config_file_argv(path: str | os.PathLike, defaults: Mapping[str, Any]) -> li
     for key, value in values.items():
         if value is None:
             continue
+        if isinstance(value, bool) and isinstance(defaults[key], str):
+            value = "on" if value else "off"  # YAML 1.1 reads `amp: off` as false
         if isinstance(value, bool):
             if value:
                 argv.append(_flag(key))

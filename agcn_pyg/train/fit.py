@@ -29,7 +29,7 @@ from agcn_pyg.checkpoint import (
     training_checkpoint,
     weights_checkpoint,
 )
-from agcn_pyg.distributed import all_gather_object, all_reduce_max
+from agcn_pyg.distributed import all_gather_object, all_reduce_max, on_main
 from agcn_pyg.metrics import format_table
 from agcn_pyg.train.evaluation import evaluate
 from agcn_pyg.train.logs import RunLogger
@@ -98,7 +98,7 @@ class Trainer:
         and the state; rank 0 checks ``best.pth`` against it
         (:meth:`~agcn_pyg.train.RunFolder.repair_best`) and every rank takes its answer."""
         self.state = restore_training(checkpoint, self.parts, rank=self.cfg.rank)
-        best = self.folder.repair_best(checkpoint, self.say) if self.cfg.is_main else None
+        best = on_main(self.folder.repair_best, checkpoint, self.say)
         self.state.best = all_gather_object(best)[0]
         self.state.kept = [k for k in self.state.kept if os.path.isfile(
             os.path.join(self.folder.path, k["file"]))]
@@ -106,10 +106,9 @@ class Trainer:
     def check_free_space(self) -> None:
         """Fails before the first epoch when ``last.pth``, ``best.pth`` and the kept
         weights would not fit on the run folder's disk (rank 0)."""
-        if self.cfg.is_main:
-            training, weights = checkpoint_nbytes(self.parts)
-            hist = self.cfg.checkpoint_hist if self.cfg.checkpoint_hist > 1 else 0
-            self.folder.check_free_space(training + weights * (1 + hist))
+        training, weights = checkpoint_nbytes(self.parts)
+        hist = self.cfg.checkpoint_hist if self.cfg.checkpoint_hist > 1 else 0
+        on_main(self.folder.check_free_space, training + weights * (1 + hist))
 
     def fit(self) -> int:
         """Runs the epochs left; returns 0, or 128 + signal number after a stop."""
@@ -191,14 +190,17 @@ class Trainer:
         state = self.state
         state.epoch, state.step, state.epoch_progress = epoch, step, dict(progress or {})
         rng = all_gather_object(capture_rng_state())
-        if not self.cfg.is_main:
-            return
-        dropped = self._keep(epoch, mAP) if step == 0 else []
-        last = training_checkpoint(self.spec, self.parts, state, rng, self.run_config)
+        on_main(self._write, epoch, step == 0, best, source, mAP, rng)
+
+    def _write(self, epoch: int, epoch_end: bool, best: bool, source: str, mAP: float,
+               rng: list) -> None:
+        """Rank 0's writes of :meth:`_save`: last.pth, then best.pth, then kept weights."""
+        dropped = self._keep(epoch, mAP) if epoch_end else []
+        last = training_checkpoint(self.spec, self.parts, self.state, rng, self.run_config)
         save_checkpoint(last, self.folder.last)
         if best:
             save_checkpoint(weights_checkpoint(last), self.folder.best)
-        if any(k["epoch"] == epoch for k in state.kept):
+        if epoch_end and any(k["epoch"] == epoch for k in self.state.kept):
             save_checkpoint(weights_checkpoint(last, source), self.folder.hist_path(epoch))
         for path in dropped:
             if os.path.isfile(path):
