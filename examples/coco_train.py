@@ -197,6 +197,8 @@ def prepare_run(args, explicit: set[str], info, say):
     path = folder.last if args.resume == "auto" else args.resume
     if path and (args.resume != "auto" or os.path.isfile(path)):
         resume = load_checkpoint(path)
+        if resume.get("kind") != "training":
+            raise ValueError(f"--resume: '{path}' holds weights only; resume from a last.pth")
         ignored = train.merge_resumed(args, resume.get("run_config", {}), explicit,
                                       (*DATA_FLAGS, "year", "keep_empty"), RUNTIME_FLAGS)
         if ignored:

@@ -174,6 +174,14 @@ def test_ddp_two_processes(data, two_epochs, eval_one_process, tmp_path):
     assert load_checkpoint(train_out / "last.pth")["epoch"] == 1
     assert not [f for f in os.listdir(train_out) if f.startswith(".tmp-")]
 
+    # A plain re-run into it is refused by rank 0 and every rank stops (no hang, no
+    # traceback): the decision is shared before any rank moves on.
+    r = _torchrun([*data_flags(data), *TINY, "--epochs", "1", "--output", str(train_out)],
+                  timeout=120)
+    assert r.returncode != 0 and "already holds a run" in r.stderr, r.stderr[-3000:]
+    # (torchrun itself prints a traceback of its own when a worker exits non-zero)
+    assert r.stderr.count("already holds a run") == 1 and 'coco_train.py", line' not in r.stderr
+
 
 def test_sigterm_writes_loadable_checkpoint(data, tmp_path):
     cmd = [sys.executable, SCRIPT, *data_flags(data), *TINY, "--epochs", "500",
@@ -299,6 +307,12 @@ def test_damaged_checkpoint_is_one_line(mode, two_epochs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "truncated" in err and str(bad) in err
+
+
+def test_resume_from_weights_only_is_refused(two_epochs, capsys):
+    best = os.path.join(two_epochs, "best.pth")
+    assert coco_train.main(["--resume", best, "--workers", "0", "--no-progress"]) == 2
+    assert "holds weights only; resume from a last.pth" in capsys.readouterr().err
 
 
 def test_resume_repairs_best_and_removes_stale_temp_files(two_epochs, tmp_path, capsys):
