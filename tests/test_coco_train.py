@@ -350,27 +350,36 @@ def test_unreadable_validation_set_fails_before_training(data, tmp_path, capsys)
 
 def test_config_file_and_a_plain_log(data, tmp_path):
     """A run from a --config file with a flag on top, its output piped to a file: no
-    carriage returns (no progress-bar redraws), a summary.csv, the resolved config.yaml."""
+    carriage returns (no progress-bar redraws), a summary.csv, the resolved config.yaml,
+    and --checkpoint-hist 2 keeping the weights of the two best of three epochs."""
     config = tmp_path / "run.yaml"
     config.write_text("model: resnet10t\nimg-size: 32\nbatch_size: 8\nworkers: 0\n"
-                      "ema_decay: 0.9\namp: 'off'\nhidden: 32\nepochs: 3\nlr: 2e-4\n")
+                      "ema_decay: 0.9\namp: 'off'\nhidden: 32\nepochs: 9\nlr: 2e-4\n"
+                      "checkpoint-hist: 2\n")
     out = tmp_path / "run"
     log = tmp_path / "stdout.txt"
     with open(log, "w") as f:  # progress on: off a terminal it is plain lines
         r = subprocess.run([sys.executable, SCRIPT, "--config", str(config), *data_flags(data),
-                            "--log-interval", "1", "--epochs", "1", "--output", str(out)],
+                            "--log-interval", "1", "--epochs", "3", "--output", str(out)],
                            stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=300,
                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
     text = log.read_text()
     assert r.returncode == 0, text[-3000:]
     assert "\r" not in text and "train 1 [1/3] loss" in text
     with open(out / "summary.csv") as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["epoch"] == "1" and float(row["eval_mAP"]) >= 0
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    score = {int(r["epoch"]): max(float(r["eval_mAP"]), float(r["eval_ema_mAP"])) for r in rows}
+    top2 = sorted(sorted(score, key=lambda e: -score[e])[:2])
+    kept = sorted(int(p[11:-4]) for p in os.listdir(out) if p.startswith("checkpoint-"))
+    assert kept == top2
+    for epoch in kept:
+        weights = torch.load(out / f"checkpoint-{epoch}.pth", weights_only=True)
+        assert weights["kind"] == "weights" and weights["epoch"] == epoch
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert (saved["epochs"], saved["lr"], saved["model"]) == (1, 2e-4, "resnet10t")
+    assert (saved["epochs"], saved["lr"], saved["model"]) == (3, 2e-4, "resnet10t")
     assert "output" not in saved and "resume" not in saved
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["run_config"]["lr"] == 2e-4 and state["run_config"]["hidden"] == 32
