@@ -7,11 +7,15 @@ from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel, collate_skip_corru
 from agcn_pyg.export import export_model, load_exported
 from agcn_pyg.head import MultiLabelHead
 from agcn_pyg.label_graph import (
+    ADJACENCY_KINDS,
+    DEFAULT_ADJACENCY,
     LabelGraph,
     conditional_probability,
     cooccurrence_counts,
     label_graph_from_coco,
     mlgcn_adjacency,
+    mlgcn_normalize,
+    row_normalize,
 )
 from agcn_pyg.loss import asymmetric_loss
 from agcn_pyg.metrics import MultiLabelMetrics, format_table, multilabel_metrics
@@ -24,6 +28,8 @@ from agcn_pyg.transforms import build_transforms, squash_data_config
 from agcn_pyg.visualize import plot_learned_graphs, strongest_edges
 
 __all__ = [
+    "ADJACENCY_KINDS",
+    "DEFAULT_ADJACENCY",
     "AdaptiveGCNConv",
     "AdaptiveGraphs",
     "CocoMultiLabel",
@@ -56,4 +62,6 @@ __all__ = [
     "from_pretrained",
     "multilabel_metrics",
     "mlgcn_adjacency",
+    "mlgcn_normalize",
+    "row_normalize",
 ]

@@ -11,12 +11,29 @@ eq. (1),
 layer consumes: ``adj[i, j]`` is the weight of the edge :math:`j \to i`, i.e. node :math:`i`
 aggregates node :math:`j` with that weight (``out = adj @ x``).
 
-**ML-AGCN's A** is :math:`P` itself, ``adj[i, j] = P(j | i)``: label :math:`i` aggregates
-label :math:`j` in proportion to how likely :math:`j` is once :math:`i` is present. This is
-ML-GCN's :math:`A` (row :math:`i` is :math:`P(\cdot \mid i)`) *before* ML-GCN's ``gen_adj``
-transposes it, and with no threshold (ML-AGCN, footnote 1). The diagonal is 1 for every
-label that occurs. Normalising it is the layer's business (the paper only says "A is
-normalized before applying Eq. (2)").
+**ML-AGCN's A.** The paper says that :math:`A` is "defined as in [6]" (ML-GCN) but with no
+threshold (footnote 1), and that "A is normalized before applying Eq. (2)". Three readings
+are offered by :meth:`LabelGraph.adjacency` (``kind``), all without a threshold:
+
+* ``"normalized"`` (the default, :data:`DEFAULT_ADJACENCY`) — ML-GCN's normalisation
+  (``gen_adj``) applied to the un-thresholded :math:`P`:
+  :math:`\hat{A} = D P^\top D`, :math:`D = \mathrm{diag}(P \mathbf{1})^{-1/2}`, so
+  ``adj[i, j]`` :math:`= P(i \mid j) / \sqrt{r_i r_j}` with :math:`r_i = \sum_k P(k \mid i)`.
+  Label :math:`i` aggregates label :math:`j` in proportion to how likely :math:`i` is once
+  :math:`j` is present — ML-GCN's orientation (see :func:`mlgcn_normalize`). The paper's
+  text (A as in ML-GCN, normalised, no threshold) reads most directly this way, and it
+  trains as well as or better than the others (README, "Fidelity").
+* ``"cooccurrence"`` — the raw :math:`P`: ``adj[i, j]`` :math:`= P(j \mid i)`, not
+  transposed, not normalised; rows sum to :math:`1 + \sum_{j \ne i} P(j \mid i)` (1.35 to
+  6.72 on COCO's train2014), so it outweighs :math:`B` (rows :math:`\approx 1 +
+  \max_k \alpha_{ik}`) several times over. This was the project's :math:`A` before the
+  variants existed; checkpoints of that time hold it and keep it.
+* ``"row_normalized"`` — :math:`D^{-1} P` with :math:`D = \mathrm{diag}(P \mathbf{1})`:
+  ``adj[i, j]`` :math:`= P(j \mid i) / r_i`, rows sum to 1 (a random walk on the label
+  graph), the raw orientation.
+
+The diagonal of :math:`P` is 1 for every label that occurs: it plays the part of ML-GCN's
+added identity. Labels that never occur have a zero row and column in every variant.
 
 :func:`mlgcn_adjacency` reproduces ML-GCN's thresholded, re-weighted, normalised matrix
 exactly, for the ML-GCN baseline and for the ablation "Original graph (A)" in Table 3.
@@ -41,15 +58,24 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ADJACENCY_KINDS",
+    "DEFAULT_ADJACENCY",
     "LabelGraph",
     "conditional_probability",
     "cooccurrence_counts",
     "label_graph_from_coco",
     "mlgcn_adjacency",
+    "mlgcn_normalize",
     "multi_hot_from_lists",
+    "row_normalize",
     "sparse_conditional_probability",
     "sparse_cooccurrence_counts",
 ]
+
+#: The ``kind`` values of :meth:`LabelGraph.adjacency`.
+ADJACENCY_KINDS = ("normalized", "cooccurrence", "row_normalized", "mlgcn")
+#: The :math:`A` that :meth:`LabelGraph.adjacency` and ``examples/coco_train.py`` use by default.
+DEFAULT_ADJACENCY = "normalized"
 
 
 def _as_multi_hot(labels: Any, name: str = "labels") -> Tensor:
@@ -85,16 +111,20 @@ def cooccurrence_counts(labels: Any) -> tuple[Tensor, Tensor]:
 def conditional_probability(counts: Tensor, nums: Tensor) -> Tensor:
     r"""Eq. (1)'s :math:`P_{ij} = P(j \mid i)` = ``counts[i, j] / nums[i]``, no threshold.
 
-    This is ML-AGCN's :math:`A` (see the module docstring for the orientation). Labels that
-    never occur (``nums[i] == 0``) get a zero row instead of NaN.
+    This is the ``"cooccurrence"`` reading of ML-AGCN's :math:`A` (module docstring; the
+    other readings normalise it). Labels that never occur (``nums[i] == 0``) get a zero row
+    instead of NaN.
 
     Returns:
         ``[N, N]`` tensor of the default float dtype; diagonal 1 for labels that occur.
     """
+    return _probability64(counts, nums).to(torch.get_default_dtype())
+
+
+def _probability64(counts: Tensor, nums: Tensor) -> Tensor:
     counts, nums = _check_counts(counts, nums)
     denom = nums.to(torch.float64).clamp(min=1).unsqueeze(1)
-    P = counts.to(torch.float64) / denom  # rows with nums[i] == 0 have zero counts too
-    return P.to(torch.get_default_dtype())
+    return counts.to(torch.float64) / denom  # rows with nums[i] == 0 have zero counts too
 
 
 def _is_sparse_labels(labels: Any) -> bool:
@@ -179,6 +209,14 @@ def sparse_cooccurrence_counts(labels: Any) -> tuple[Tensor, Tensor]:
     return counts, nums
 
 
+def _sparse_probability64(counts: Tensor, nums: Tensor) -> Tensor:
+    counts, nums = _check_counts(counts, nums)
+    counts = counts.to_sparse_coo().coalesce()
+    denom = nums.to(torch.float64).clamp(min=1).index_select(0, counts.indices()[0])
+    return torch.sparse_coo_tensor(counts.indices(), counts.values().to(torch.float64) / denom,
+                                   counts.shape, check_invariants=False).coalesce()
+
+
 def sparse_conditional_probability(counts: Tensor, nums: Tensor) -> Tensor:
     r""":func:`conditional_probability` of sparse ``counts``: :math:`P(j \mid i)` =
     ``counts[i, j] / nums[i]`` as a coalesced ``torch.sparse_coo`` matrix of the default float
@@ -228,17 +266,97 @@ def mlgcn_adjacency(
     Labels that never occur get only their self-loop (no NaN): ML-GCN's
     ``counts / nums`` would give NaN there.
     """
-    P = conditional_probability(counts, nums).to(torch.float64)
+    P = _probability64(counts, nums)
     N = P.size(0)
     eye = torch.eye(N, dtype=torch.float64)
     B = (P >= threshold).to(torch.float64) * (1 - eye)
     A = B * p / (B.sum(0, keepdim=True) + 1e-6) + eye
-    if normalize:
-        d = A.sum(1).pow(-0.5)  # >= 1 thanks to the identity: never inf
-        A_hat = d.unsqueeze(1) * A.t() * d.unsqueeze(0)
-    else:
-        A_hat = A.t()
+    A_hat = mlgcn_normalize(A) if normalize else A.t()
     return A_hat.to(torch.get_default_dtype())
+
+
+def mlgcn_normalize(adj: Tensor) -> Tensor:
+    r"""ML-GCN's normalisation (``gen_adj``) of a matrix in ML-GCN's orientation, returned
+    in ours:
+
+    .. math::
+        \hat{A} = D M^\top D, \qquad D = \mathrm{diag}(M \mathbf{1})^{-1/2},
+
+    i.e. ``out[i, j] = M[j, i] / sqrt(r[i] * r[j])`` with ``r = M.sum(1)``.
+
+    ML-GCN's matrix :math:`M` has row :math:`i` = :math:`P(\cdot \mid i)`; its layers compute
+    ``gen_adj(M) @ x``, so label :math:`i` aggregates label :math:`j` with weight
+    :math:`\propto M_{ji} = P(i \mid j)`. Note that :math:`D` comes from the row sums of
+    :math:`M`, which are the *column* sums of :math:`M^\top`: for a non-symmetric :math:`M`
+    the rows of :math:`\hat{A}` need not sum to 1 (nor its spectrum lie in :math:`[-1, 1]`).
+    We reproduce that exactly. Rows of :math:`M` that sum to 0 (labels that never occur)
+    get :math:`D_{ii} = 0` instead of ``inf``: a zero row and column.
+
+    Args:
+        adj (Tensor): ``[N, N]`` non-negative matrix :math:`M` in ML-GCN's orientation
+            (e.g. :func:`conditional_probability`'s :math:`P`), dense or ``torch.sparse``.
+
+    Returns:
+        ``[N, N]`` tensor of ``adj``'s floating dtype (float64 inside); a coalesced
+        ``torch.sparse_coo`` one, with the transposed pattern, for sparse input.
+    """
+    M = _check_square_nonnegative(adj)
+    if M.layout != torch.strided:  # only the stored entries: O(nnz)
+        (row, col), value = M.indices(), M.values()
+        d = _inv_sqrt(torch.zeros(M.size(0), dtype=torch.float64).index_add_(0, row, value))
+        out = torch.sparse_coo_tensor(torch.stack([col, row]), d[col] * value * d[row],
+                                      M.shape, check_invariants=False)
+        return out.coalesce().to(_float_dtype(adj))
+    d = _inv_sqrt(M.sum(1))
+    return (d.unsqueeze(1) * M.t() * d.unsqueeze(0)).to(_float_dtype(adj))
+
+
+def _inv_sqrt(r: Tensor) -> Tensor:
+    return torch.where(r > 0, r.clamp(min=torch.finfo(r.dtype).tiny).rsqrt(), 0.0)
+
+
+def row_normalize(adj: Tensor) -> Tensor:
+    r"""Row-normalises a matrix, keeping its orientation: :math:`D^{-1} M` with
+    :math:`D = \mathrm{diag}(M \mathbf{1})`, so every non-zero row sums to 1 (zero rows stay
+    zero). On :math:`P` this gives ``adj[i, j]`` :math:`= P(j \mid i) / \sum_k P(k \mid i)`.
+
+    Args:
+        adj (Tensor): ``[N, N]`` non-negative matrix, dense or ``torch.sparse`` (then the
+            result is a coalesced ``torch.sparse_coo`` matrix with the same pattern).
+    """
+    M = _check_square_nonnegative(adj)
+    if M.layout != torch.strided:
+        row, value = M.indices()[0], M.values()
+        r = torch.zeros(M.size(0), dtype=torch.float64).index_add_(0, row, value)
+        r = r.clamp(min=torch.finfo(r.dtype).tiny)  # a stored 0 in an empty row stays 0
+        out = torch.sparse_coo_tensor(M.indices(), value / r[row], M.shape,
+                                      check_invariants=False)
+        return out.coalesce().to(_float_dtype(adj))
+    r = M.sum(1, keepdim=True)
+    return torch.where(r > 0, M / r.clamp(min=torch.finfo(r.dtype).tiny), 0.0).to(
+        _float_dtype(adj)
+    )
+
+
+def _float_dtype(t: Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.get_default_dtype()
+
+
+def _check_square_nonnegative(adj: Tensor) -> Tensor:
+    """``adj`` in float64: dense, or a coalesced sparse COO matrix (any sparse layout in)."""
+    adj = torch.as_tensor(adj)
+    if adj.dim() != 2 or adj.size(0) != adj.size(1):
+        raise ValueError(f"`adj` must be a square [N, N] matrix, got {tuple(adj.shape)}")
+    if adj.layout != torch.strided:
+        M = adj.to_sparse_coo().coalesce().to(torch.float64)
+        values = M.values()
+    else:
+        M = values = adj.to(torch.float64)
+    if values.numel() and (not torch.isfinite(values).all() or (values < 0).any()):
+        raise ValueError("`adj` must hold finite, non-negative weights (a co-occurrence "
+                         f"matrix), got values in [{values.min().item()}, "
+                         f"{values.max().item()}]")
+    return M
 
 
 def _check_counts(counts: Tensor, nums: Tensor) -> tuple[Tensor, Tensor]:
@@ -264,7 +382,8 @@ class LabelGraph:
     Example::
 
         graph = label_graph_from_coco("annotations/instances_train2014.json")
-        A = graph.adjacency()                 # P(j | i), ML-AGCN
+        A = graph.adjacency()                 # ML-AGCN: D P^T D, no threshold
+        A_raw = graph.adjacency("cooccurrence")  # P(j | i), not normalised
         A_gcn = graph.adjacency("mlgcn")      # ML-GCN's thresholded matrix
         graph.save("coco_graph.pt"); graph = LabelGraph.load("coco_graph.pt")
     """
@@ -310,28 +429,42 @@ class LabelGraph:
             return sparse_conditional_probability(self.counts, self.nums)
         return conditional_probability(self.counts, self.nums)
 
-    def adjacency(self, kind: str = "cooccurrence", **kwargs: Any) -> Tensor:
+    def adjacency(self, kind: str = DEFAULT_ADJACENCY, **kwargs: Any) -> Tensor:
         r"""The fixed adjacency :math:`A`, ``adj[i, j]`` = weight of edge :math:`j \to i`.
 
         Args:
-            kind (str, optional): :obj:`"cooccurrence"` for ML-AGCN's unthresholded
-                :math:`P` (:meth:`probability`), :obj:`"mlgcn"` for ML-GCN's matrix
-                (:func:`mlgcn_adjacency`, which takes ``threshold``, ``p``, ``normalize``
-                as keyword arguments). (default: :obj:`"cooccurrence"`)
+            kind (str, optional): Which reading of ML-AGCN's :math:`A` (module docstring):
+
+                * :obj:`"normalized"`: :math:`D P^\top D`, :math:`D = \mathrm{diag}(P
+                  \mathbf{1})^{-1/2}` (:func:`mlgcn_normalize` of :meth:`probability`):
+                  ``adj[i, j]`` :math:`\propto P(i \mid j)`, ML-GCN's orientation;
+                * :obj:`"cooccurrence"`: :math:`P` itself, ``adj[i, j]`` :math:`= P(j \mid
+                  i)`;
+                * :obj:`"row_normalized"`: :math:`D^{-1} P` (:func:`row_normalize`),
+                  ``adj[i, j]`` :math:`= P(j \mid i) / \sum_k P(k \mid i)`;
+                * :obj:`"mlgcn"`: ML-GCN's thresholded matrix (:func:`mlgcn_adjacency`,
+                  which takes ``threshold``, ``p``, ``normalize`` as keyword arguments).
+
+                (default: :obj:`"normalized"`, :data:`DEFAULT_ADJACENCY`)
         """
-        if kind == "cooccurrence":
-            if kwargs:
-                raise TypeError(f"kind='cooccurrence' takes no options, got {sorted(kwargs)}")
-            return self.probability()
-        if self.is_sparse:
+        if kind == "mlgcn" and self.is_sparse:
             raise ValueError(
-                f"kind={kind!r} needs dense counts, and this graph's are sparse "
-                f"({self.num_labels} labels); use kind='cooccurrence', or make them dense "
+                f"kind='mlgcn' needs dense counts, and this graph's are sparse "
+                f"({self.num_labels} labels); use another kind, or make them dense "
                 "with LabelGraph(graph.counts.to_dense(), graph.nums) if N x N fits"
             )
         if kind == "mlgcn":
             return mlgcn_adjacency(self.counts, self.nums, **kwargs)
-        raise ValueError(f"`kind` must be 'cooccurrence' or 'mlgcn', got {kind!r}")
+        if kind not in ADJACENCY_KINDS:
+            raise ValueError(f"`kind` must be one of {ADJACENCY_KINDS}, got {kind!r}")
+        if kwargs:
+            raise TypeError(f"kind={kind!r} takes no options, got {sorted(kwargs)}")
+        if kind == "cooccurrence":
+            return self.probability()
+        P = (_sparse_probability64(self.counts, self.nums) if self.is_sparse
+             else _probability64(self.counts, self.nums))
+        adj = mlgcn_normalize(P) if kind == "normalized" else row_normalize(P)
+        return adj.to(torch.get_default_dtype())
 
     def save(self, path: str | os.PathLike | IO[bytes]) -> None:
         """Saves plain tensors and a list of names with :func:`torch.save` (to a path or an

@@ -23,6 +23,15 @@ Conventions (``scores`` are probabilities, i.e. after the sigmoid; a label is pr
   \text{predicted}`, :math:`\sum TP / \sum \text{positives}`, and their harmonic mean.
 * ``*_top3`` — the same threshold metrics when each image keeps only its 3 highest scores
   that also pass the threshold (there is no ``mAP_top3``).
+* ``*_tuned`` (with ``tune="CF1"``) — the threshold metrics again, at the one threshold
+  ``threshold_tuned`` that maximises CF1 **on the scores being evaluated**
+  (:func:`tune_threshold`). That is an optimistic number, fit on the validation set itself:
+  it tells how balanced precision and recall *can* be (ASL's scores sit high, so 0.5 is
+  recall-heavy; ASL's own validation script uses 0.8), and it is never used to pick a model
+  (model selection uses mAP, which needs no threshold).
+
+**Which threshold.** The configured one (``threshold``, default 0.5 as in ML-GCN) is the
+row to compare with published tables; the paper does not state its threshold.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ __all__ = [
     "format_table",
     "gather_predictions",
     "multilabel_metrics",
+    "threshold_rows",
+    "tune_threshold",
 ]
 
 THRESHOLD_METRICS = ("CP", "CR", "CF1", "CF1_mlgcn", "OP", "OR", "OF1")
@@ -112,8 +123,61 @@ def _threshold_metrics(pred: Tensor, positives: Tensor) -> dict[str, float]:
     return {k: 100.0 * v for k, v in values.items()}
 
 
+def tune_threshold(scores: Tensor, targets: Tensor, metric: str = "CF1") -> tuple[float, float]:
+    r"""The one threshold (shared by all classes) that maximises ``metric`` on these scores.
+
+    Predicting ``score >= t`` gives the same predictions for every :math:`t` between two
+    consecutive distinct scores, so the candidates are the distinct score values; all are
+    tried, exactly, in :math:`O(MN \log MN)` for :math:`M` images and :math:`N` labels:
+    sorted by score, each entry changes only its own class's F1, so CF1 at every candidate is
+    a cumulative sum of per-entry changes. Ties between thresholds go to the highest one.
+
+    Args:
+        scores (Tensor): ``[num_images, N]`` probabilities.
+        targets (Tensor): ``[num_images, N]`` multi-hot ground truth.
+        metric (str, optional): :obj:`"CF1"` (mean per-class F1, as in
+            :func:`multilabel_metrics`) or :obj:`"OF1"`. (default: :obj:`"CF1"`)
+
+    Returns:
+        ``(threshold, value)``: a score value :math:`t` (predict ``score >= t``) and the
+        metric there, in percent. With no scores at all, ``(nan, nan)``.
+    """
+    if metric not in ("CF1", "OF1"):
+        raise ValueError(f"`metric` must be 'CF1' or 'OF1', got {metric!r}")
+    scores, positives = _check_inputs(scores, targets)
+    M, N = scores.shape
+    if scores.numel() == 0:
+        return math.nan, math.nan
+    n_pos = positives.sum(0).double()
+    # Per class, by decreasing score: TP and predicted counts once the r-th entry is in.
+    col_scores, order = scores.sort(dim=0, descending=True, stable=True)
+    tp = positives.gather(0, order).double().cumsum(0)
+    if metric == "CF1":
+        n_pred = torch.arange(1, M + 1, dtype=torch.float64).unsqueeze(1)
+        f1 = 2 * tp / (n_pred + n_pos)  # n_pred >= 1: never 0 / 0
+        gain = torch.diff(f1, dim=0, prepend=torch.zeros(1, N, dtype=torch.float64)) / N
+    else:
+        gain = positives.gather(0, order).double()  # TP gained, over all classes
+    flat_scores, flat = col_scores.flatten().sort(descending=True, stable=True)
+    running = gain.flatten()[flat].cumsum(0)
+    if metric == "OF1":
+        n_pred = torch.arange(1, running.numel() + 1, dtype=torch.float64)
+        running = 2 * running / (n_pred + n_pos.sum())
+    # Only the last entry of a run of equal scores is a threshold: every tie is in by then.
+    last = torch.ones_like(flat_scores, dtype=torch.bool)
+    last[:-1] = flat_scores[1:] != flat_scores[:-1]
+    candidates = running[last]
+    # First maximum = highest threshold; rounding keeps cumulative-sum noise out of ties.
+    best = int(torch.argmax(torch.round(candidates * 1e12)))
+    return flat_scores[last][best].item(), 100.0 * candidates[best].item()
+
+
 def multilabel_metrics(
-    scores: Tensor, targets: Tensor, threshold: float = 0.5, top_k: int = 3
+    scores: Tensor,
+    targets: Tensor,
+    threshold: float = 0.5,
+    top_k: int = 3,
+    tune: str | None = None,
 ) -> dict[str, float]:
     r"""All metrics of Table 1, in percent.
 
@@ -124,19 +188,31 @@ def multilabel_metrics(
             (default: :obj:`0.5`)
         top_k (int, optional): How many top scores the ``*_top3`` metrics keep per image.
             (default: :obj:`3`)
+        tune (str, optional): :obj:`"CF1"` or :obj:`"OF1"` also reports the threshold
+            metrics at the threshold that maximises that metric on these scores
+            (:func:`tune_threshold`), suffixed ``_tuned``, and the threshold as
+            ``threshold_tuned``. Optimistic: see the module docstring.
+            (default: :obj:`None`)
 
     Returns:
-        ``{"mAP", "CP", "CR", "CF1", "CF1_mlgcn", "OP", "OR", "OF1"}`` and the same threshold
-        metrics with a ``_top3`` suffix, as floats in percent. ``mAP`` is NaN when no class
-        has a positive. See the module docstring for the conventions.
+        ``{"mAP", "threshold", "CP", "CR", "CF1", "CF1_mlgcn", "OP", "OR", "OF1"}`` and the
+        same threshold metrics with a ``_top3`` suffix (and ``_tuned`` with ``tune``), as
+        floats in percent (``threshold`` as given). ``mAP`` is NaN when no class has a
+        positive. See the module docstring for the conventions.
     """
     scores, positives = _check_inputs(scores, targets)
     ap = average_precision(scores, positives)
     has_pos = ~torch.isnan(ap)
-    out = {"mAP": 100.0 * ap[has_pos].mean().item() if has_pos.any() else math.nan}
+    out = {"mAP": 100.0 * ap[has_pos].mean().item() if has_pos.any() else math.nan,
+           "threshold": float(threshold)}
 
     pred = scores >= threshold
     out.update(_threshold_metrics(pred, positives))
+    if tune is not None:
+        best, _ = tune_threshold(scores, positives, tune)
+        out["threshold_tuned"] = best
+        tuned = _threshold_metrics(scores >= best, positives) if not math.isnan(best) else {}
+        out.update({f"{k}_tuned": v for k, v in tuned.items()})
 
     k = min(top_k, scores.size(1))
     top = torch.zeros_like(pred)
@@ -205,11 +281,13 @@ class MultiLabelMetrics:
     Args:
         threshold (float, optional): See :func:`multilabel_metrics`. (default: :obj:`0.5`)
         top_k (int, optional): See :func:`multilabel_metrics`. (default: :obj:`3`)
+        tune (str, optional): See :func:`multilabel_metrics`. (default: :obj:`None`)
     """
 
-    def __init__(self, threshold: float = 0.5, top_k: int = 3) -> None:
+    def __init__(self, threshold: float = 0.5, top_k: int = 3, tune: str | None = None) -> None:
         self.threshold = threshold
         self.top_k = top_k
+        self.tune = tune
         self.reset()
 
     def reset(self) -> None:
@@ -246,7 +324,25 @@ class MultiLabelMetrics:
     def compute(self) -> dict[str, float]:
         """:func:`multilabel_metrics` over everything seen since the last :meth:`reset`."""
         scores, targets = self.predictions()
-        return multilabel_metrics(scores, targets, self.threshold, self.top_k)
+        return multilabel_metrics(scores, targets, self.threshold, self.top_k, self.tune)
+
+
+def threshold_rows(
+    name: str, metrics: Mapping[str, float], tuned_on: str = "CF1"
+) -> dict[str, dict[str, float]]:
+    """Table rows for one model: at the configured threshold and, when ``metrics`` has them
+    (``multilabel_metrics(..., tune=tuned_on)``), at the tuned one, each row named with its
+    threshold — e.g. ``"ML-AGCN @0.5"`` and ``"ML-AGCN @0.82 (tuned on val, CF1)"``. Other
+    entries (``mAP``, parameter counts, ...) are copied into both rows."""
+    base = {k: v for k, v in metrics.items() if not k.endswith(("_tuned", "_top3"))}
+    rows = {f"{name} @{metrics['threshold']:g}" if "threshold" in metrics else name: base}
+    if "threshold_tuned" in metrics:
+        tuned = dict(base)
+        tuned.update({k[: -len("_tuned")]: v for k, v in metrics.items()
+                      if k.endswith("_tuned") and k != "threshold_tuned"})
+        tuned["threshold"] = metrics["threshold_tuned"]
+        rows[f"{name} @{metrics['threshold_tuned']:.2f} (tuned on val, {tuned_on})"] = tuned
+    return rows
 
 
 def format_table(

@@ -6,11 +6,15 @@ import torch
 from torch import nn
 
 from agcn_pyg.label_graph import (
+    ADJACENCY_KINDS,
+    DEFAULT_ADJACENCY,
     LabelGraph,
     conditional_probability,
     cooccurrence_counts,
     label_graph_from_coco,
     mlgcn_adjacency,
+    mlgcn_normalize,
+    row_normalize,
 )
 from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
 
@@ -61,13 +65,115 @@ def test_conditional_probability_no_threshold_no_nan():
 
 def test_orientation_row_i_aggregates_j_by_p_j_given_i():
     graph = LabelGraph.from_labels(torch.tensor(LABELS))
-    adj = graph.adjacency()
+    adj = graph.adjacency("cooccurrence")
     # Every image with label 2 has label 0: P(0 | 2) = 1, but P(2 | 0) = 2/3.
     assert adj[2, 0].item() == pytest.approx(1.0)
     assert adj[0, 2].item() == pytest.approx(2 / 3)
     # out = adj @ x: node 2 receives node 0's one-hot feature with weight P(0 | 2).
     x = torch.eye(4)
     assert (adj @ x)[2, 0].item() == pytest.approx(1.0)
+
+
+# Row sums of P_EXPECTED: r = (1 + 2/3 + 2/3, 2/3 + 1 + 1/3, 1 + 1/2 + 1, 0) = (7/3, 2, 5/2, 0).
+R = [7 / 3, 2, 5 / 2]
+# "normalized": adj[i, j] = P[j, i] / sqrt(r_i r_j) (D P^T D), written out entry by entry.
+NORMALIZED_EXPECTED = [
+    [1 / R[0], (2 / 3) / (R[0] * R[1]) ** 0.5, 1 / (R[0] * R[2]) ** 0.5, 0],
+    [(2 / 3) / (R[1] * R[0]) ** 0.5, 1 / R[1], (1 / 2) / (R[1] * R[2]) ** 0.5, 0],
+    [(2 / 3) / (R[2] * R[0]) ** 0.5, (1 / 3) / (R[2] * R[1]) ** 0.5, 1 / R[2], 0],
+    [0, 0, 0, 0],
+]
+# "row_normalized": adj[i, j] = P[i, j] / r_i.
+ROW_NORMALIZED_EXPECTED = [
+    [3 / 7, 2 / 7, 2 / 7, 0],
+    [1 / 3, 1 / 2, 1 / 6, 0],
+    [2 / 5, 1 / 5, 2 / 5, 0],
+    [0, 0, 0, 0],
+]
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("cooccurrence", P_EXPECTED),
+        ("normalized", NORMALIZED_EXPECTED),
+        ("row_normalized", ROW_NORMALIZED_EXPECTED),
+    ],
+)
+def test_adjacency_variants_by_hand(kind, expected):
+    graph = LabelGraph.from_labels(torch.tensor(LABELS))
+    adj = graph.adjacency(kind)
+    assert adj.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(adj.double(), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_adjacency_variant_orientation():
+    # Every image with label 2 has label 0: P(0 | 2) = 1 > P(2 | 0) = 2/3.
+    graph = LabelGraph.from_labels(torch.tensor(LABELS))
+    x = torch.eye(4)
+    # "normalized" (ML-GCN's orientation): node 0 receives node 2 in proportion to P(0 | 2).
+    out = graph.adjacency("normalized") @ x
+    assert out[0, 2].item() == pytest.approx(1 / (R[0] * R[2]) ** 0.5)
+    assert out[2, 0].item() == pytest.approx((2 / 3) / (R[0] * R[2]) ** 0.5)
+    # "row_normalized" (the raw orientation): node 2 receives node 0 by P(0 | 2) / r_2.
+    out = graph.adjacency("row_normalized") @ x
+    assert out[2, 0].item() == pytest.approx(1 / R[2])
+    assert out[0, 2].item() == pytest.approx((2 / 3) / R[0])
+    assert DEFAULT_ADJACENCY in ADJACENCY_KINDS
+    torch.testing.assert_close(graph.adjacency(), graph.adjacency(DEFAULT_ADJACENCY))
+
+
+def _gen_a_no_threshold(counts_offdiag, nums):
+    """ML-GCN's util.gen_A with its threshold, binarisation and re-weighting left out, as
+    ML-AGCN's footnote 1 asks: the stored pair counts (zero diagonal) over the label counts,
+    plus the identity."""
+    adj = counts_offdiag / nums[:, np.newaxis]
+    return adj + np.identity(len(nums))
+
+
+def _gen_adj(A):
+    """ML-GCN's util.gen_adj, then applied as adj @ x: D = diag(A.sum(1) ** -0.5),
+    (A D)^T D."""
+    D = np.diag(np.power(A.sum(1), -0.5))
+    return np.matmul(np.matmul(A, D).T, D)
+
+
+def test_normalized_matches_mlgcn_functions_on_real_looking_counts():
+    # 40 labels with COCO-like skew: a frequent "person" (label 0), long-tailed rates,
+    # groups of labels that co-occur (kitchen, street, ...).
+    rng = np.random.default_rng(1)
+    n_img, n = 5000, 40
+    rates = 0.3 / np.arange(1, n + 1) ** 0.8
+    labels = rng.random((n_img, n)) < rates
+    labels[:, 0] |= rng.random(n_img) < 0.5
+    for group in ([3, 7, 11, 20], [5, 6, 30], [2, 9, 13, 25, 31]):
+        scene = rng.random(n_img) < 0.08
+        labels[:, group] |= scene[:, None] & (rng.random((n_img, len(group))) < 0.6)
+    counts, nums = cooccurrence_counts(labels)
+    assert (nums > 0).all()
+    # ML-GCN stores the pair counts with a zero diagonal (its coco_adj.pkl).
+    pair_counts = counts.numpy().astype(np.float64)
+    np.fill_diagonal(pair_counts, 0)
+    expected = _gen_adj(_gen_a_no_threshold(pair_counts, nums.numpy().astype(np.float64)))
+
+    got = LabelGraph(counts, nums).adjacency("normalized")
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-6, atol=1e-8)
+    got64 = mlgcn_normalize(conditional_probability(counts, nums).double())
+    assert got64.dtype == torch.float64
+    np.testing.assert_allclose(got64.numpy(), expected, rtol=1e-6, atol=1e-9)
+    # Not symmetric: the transpose matters (P(i | j) != P(j | i) for person vs a rare label).
+    assert not np.allclose(expected, expected.T)
+
+
+def test_normalize_rejects_bad_matrices():
+    with pytest.raises(ValueError, match=r"square \[N, N\].*\(2, 3\)"):
+        mlgcn_normalize(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="non-negative"):
+        row_normalize(torch.tensor([[1.0, -1.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="kind"):
+        LabelGraph.from_labels(torch.tensor(LABELS)).adjacency("symmetric")
+    with pytest.raises(TypeError, match="threshold"):
+        LabelGraph.from_labels(torch.tensor(LABELS)).adjacency("normalized", threshold=0.4)
 
 
 def _mlgcn_reference(counts, nums, t, p):

@@ -13,6 +13,8 @@ from agcn_pyg.metrics import (
     format_table,
     gather_predictions,
     multilabel_metrics,
+    threshold_rows,
+    tune_threshold,
 )
 
 NO_POSITIVES, NO_PREDICTIONS, TIED = 3, 5, 6
@@ -212,3 +214,67 @@ def test_float64_scores_just_below_threshold_are_not_predicted():
     # Class 0 has no prediction (0.49999999999 < 0.5): recall 0 for it, 1 for class 1.
     assert m["CR"] == pytest.approx(50.0)
     assert m["OP"] == pytest.approx(100.0)
+
+
+def _brute_force_best(scores, y, metric):
+    """Tries every distinct score as the threshold (plus one above them all), with sklearn's
+    per-class and micro F1; returns the best value and every threshold that reaches it."""
+    candidates = sorted(set(scores.ravel().tolist()), reverse=True)
+    values = {}
+    for t in candidates:
+        pred = scores >= t
+        if metric == "CF1":
+            _, _, f, _ = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+            values[t] = 100 * f.mean()
+        else:
+            _, _, f, _ = precision_recall_fscore_support(y, pred, average="micro",
+                                                         zero_division=0)
+            values[t] = 100 * f
+    best = max(values.values())
+    return best, [t for t, v in values.items() if v >= best - 1e-9]
+
+
+@pytest.mark.parametrize("metric", ["CF1", "OF1"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tune_threshold_against_brute_force(metric, seed):
+    scores, y = _data(num_images=60, seed=seed)
+    scores = np.round(scores * 40) / 40  # many ties, within and across classes
+    best, argbest = _brute_force_best(scores, y, metric)
+    t, value = tune_threshold(torch.from_numpy(scores), torch.from_numpy(y), metric)
+    assert value == pytest.approx(best, abs=1e-6)
+    assert t == pytest.approx(max(argbest))  # ties go to the highest threshold
+    # and the metrics recomputed at that threshold agree
+    out = multilabel_metrics(torch.from_numpy(scores), torch.from_numpy(y), threshold=t)
+    assert out[metric] == pytest.approx(best, abs=1e-4)
+
+
+def test_tuned_metrics_in_multilabel_metrics_and_rows():
+    scores, y = _data()
+    s, t = torch.from_numpy(scores), torch.from_numpy(y)
+    out = multilabel_metrics(s, t, threshold=0.5, tune="CF1")
+    best, argbest = _brute_force_best(scores, y, "CF1")
+    assert out["threshold"] == 0.5
+    assert out["threshold_tuned"] == pytest.approx(max(argbest))
+    assert out["CF1_tuned"] == pytest.approx(best, abs=1e-4)
+    assert out["CF1_tuned"] > out["CF1"]  # 0.5 is not the best threshold on this data
+    expected = _sklearn_threshold_metrics(y, scores >= out["threshold_tuned"])
+    for key, value in expected.items():
+        assert out[f"{key}_tuned"] == pytest.approx(100 * value, abs=1e-4), key
+    # the untuned keys are unchanged
+    plain = multilabel_metrics(s, t, threshold=0.5)
+    assert {k: v for k, v in out.items() if not k.endswith("_tuned")} == pytest.approx(plain)
+    acc = MultiLabelMetrics(tune="CF1")
+    acc.update(s, t)
+    assert acc.compute() == pytest.approx(out)
+
+    rows = threshold_rows("ML-AGCN", {**out, "Params (M)": 29.9})
+    (name0, row0), (name1, row1) = rows.items()
+    assert name0 == "ML-AGCN @0.5"
+    assert name1 == f"ML-AGCN @{out['threshold_tuned']:.2f} (tuned on val, CF1)"
+    assert row0["CF1"] == out["CF1"] and row1["CF1"] == out["CF1_tuned"]
+    assert row0["mAP"] == row1["mAP"] == out["mAP"] and row1["Params (M)"] == 29.9
+    assert list(threshold_rows("m", plain)) == ["m @0.5"]
+
+    with pytest.raises(ValueError, match="metric"):
+        tune_threshold(s, t, "mAP")
+    assert all(math.isnan(v) for v in tune_threshold(s[:0], t[:0]))
