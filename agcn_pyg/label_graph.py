@@ -378,6 +378,10 @@ class LabelGraph:
         counts (Tensor): ``[N, N]`` pair counts (see :func:`cooccurrence_counts`).
         nums (Tensor): ``[N]`` per-label counts.
         label_names (list[str], optional): Name of each label index.
+        adjacency_kind (str, optional): A record of which :meth:`adjacency` ``kind`` a
+            model was built with (the training script's cache writes it); saved and loaded
+            with the graph, never used to pick a default. (default: :obj:`None`, not
+            recorded)
 
     Example::
 
@@ -391,9 +395,13 @@ class LabelGraph:
     counts: Tensor
     nums: Tensor
     label_names: list[str] | None = None
+    adjacency_kind: str | None = None
 
     def __post_init__(self) -> None:
         self.counts, self.nums = _check_counts(self.counts, self.nums)
+        if self.adjacency_kind is not None and self.adjacency_kind not in ADJACENCY_KINDS:
+            raise ValueError(f"`adjacency_kind` must be one of {ADJACENCY_KINDS} or None, "
+                             f"got {self.adjacency_kind!r}")
         if self.label_names is not None:
             self.label_names = [str(n) for n in self.label_names]
             if len(self.label_names) != self.num_labels:
@@ -470,16 +478,20 @@ class LabelGraph:
         """Saves plain tensors and a list of names with :func:`torch.save` (to a path or an
         open binary file)."""
         torch.save(
-            {"counts": self.counts, "nums": self.nums, "label_names": self.label_names}, path
+            {"counts": self.counts, "nums": self.nums, "label_names": self.label_names,
+             "adjacency_kind": self.adjacency_kind},
+            path,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LabelGraph:
-        """Loads a file written by :meth:`save` (``weights_only=True``: no code runs)."""
+        """Loads a file written by :meth:`save` (``weights_only=True``: no code runs). Files
+        written before ``adjacency_kind`` existed load with ``adjacency_kind=None``."""
         with warnings.catch_warnings():  # sparse counts are validated on load: not news
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
             data = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(data["counts"], data["nums"], data.get("label_names"))
+        return cls(data["counts"], data["nums"], data.get("label_names"),
+                   data.get("adjacency_kind"))
 
 
 def label_graph_from_coco(ann_file_or_coco: Any) -> LabelGraph:

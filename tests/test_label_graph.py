@@ -236,6 +236,16 @@ def test_label_graph_api_and_save_load(tmp_path):
     assert loaded.counts.tolist() == COUNTS
     assert loaded.nums.tolist() == NUMS
     assert loaded.label_names == names
+    assert loaded.adjacency_kind is None
+
+    # the A variant a model used is recorded and survives a round trip
+    LabelGraph(graph.counts, graph.nums, names, adjacency_kind="row_normalized").save(path)
+    assert LabelGraph.load(path).adjacency_kind == "row_normalized"
+    # a file from before the record existed loads as "not recorded"
+    torch.save({"counts": graph.counts, "nums": graph.nums, "label_names": names}, path)
+    assert LabelGraph.load(path).adjacency_kind is None
+    with pytest.raises(ValueError, match="adjacency_kind"):
+        LabelGraph(graph.counts, graph.nums, adjacency_kind="symmetric")
 
 
 def test_label_graph_from_coco(tmp_path):
