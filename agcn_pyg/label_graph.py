@@ -67,6 +67,7 @@ __all__ = [
     "mlgcn_adjacency",
     "mlgcn_normalize",
     "multi_hot_from_lists",
+    "probability_from_adjacency",
     "row_normalize",
     "sparse_conditional_probability",
     "sparse_cooccurrence_counts",
@@ -336,6 +337,35 @@ def row_normalize(adj: Tensor) -> Tensor:
     return torch.where(r > 0, M / r.clamp(min=torch.finfo(r.dtype).tiny), 0.0).to(
         _float_dtype(adj)
     )
+
+
+def probability_from_adjacency(adj: Tensor, kind: str) -> Tensor:
+    r"""Recovers :math:`P_{ij} = P(j \mid i)` from an :math:`A` built by
+    :meth:`LabelGraph.adjacency` (e.g. the ``adj`` a checkpoint stores), using
+    :math:`P_{ii} = 1`:
+
+    * ``"cooccurrence"``: :math:`P = A`;
+    * ``"normalized"``: :math:`A_{ii} = 1 / r_i`, so :math:`P_{ij} = A_{ji} / \sqrt{A_{ii}
+      A_{jj}}`;
+    * ``"row_normalized"``: :math:`A_{ii} = 1 / r_i`, so :math:`P_{ij} = A_{ij} / A_{ii}`.
+
+    Labels with a zero diagonal (never seen) get a zero row and column. ``"mlgcn"`` is
+    thresholded and cannot be inverted.
+    """
+    if kind not in ("cooccurrence", "normalized", "row_normalized"):
+        raise ValueError(f"`kind` must be 'cooccurrence', 'normalized' or 'row_normalized' "
+                         f"(the thresholded 'mlgcn' cannot be inverted), got {kind!r}")
+    A = _check_square_nonnegative(adj)
+    if kind == "cooccurrence":
+        return A.to(_float_dtype(adj))
+    diag = A.diagonal()
+    if kind == "normalized":
+        s = torch.where(diag > 0, diag.clamp(min=torch.finfo(diag.dtype).tiny).rsqrt(), 0.0)
+        P = s.unsqueeze(1) * A.t() * s.unsqueeze(0)
+    else:
+        P = torch.where(diag.unsqueeze(1) > 0, A / diag.clamp(min=torch.finfo(diag.dtype).tiny)
+                        .unsqueeze(1), 0.0)
+    return P.to(_float_dtype(adj))
 
 
 def _float_dtype(t: Tensor) -> torch.dtype:

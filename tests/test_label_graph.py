@@ -14,6 +14,7 @@ from agcn_pyg.label_graph import (
     label_graph_from_coco,
     mlgcn_adjacency,
     mlgcn_normalize,
+    probability_from_adjacency,
     row_normalize,
 )
 from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
@@ -121,6 +122,19 @@ def test_adjacency_variant_orientation():
     assert out[0, 2].item() == pytest.approx((2 / 3) / R[0])
     assert DEFAULT_ADJACENCY in ADJACENCY_KINDS
     torch.testing.assert_close(graph.adjacency(), graph.adjacency(DEFAULT_ADJACENCY))
+
+
+@pytest.mark.parametrize("kind", ["cooccurrence", "normalized", "row_normalized"])
+def test_probability_from_adjacency_inverts_each_variant(kind):
+    # What a checkpoint stores is A; P (for plots and ML-GCN's tau) comes back from it.
+    graph = LabelGraph.from_labels(torch.tensor(LABELS))
+    P = probability_from_adjacency(graph.adjacency(kind).double(), kind)
+    torch.testing.assert_close(P, torch.tensor(P_EXPECTED, dtype=torch.float64))
+
+
+def test_probability_from_adjacency_rejects_mlgcn():
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        probability_from_adjacency(torch.eye(3), "mlgcn")
 
 
 def _gen_a_no_threshold(counts_offdiag, nums):
