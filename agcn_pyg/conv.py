@@ -61,9 +61,9 @@ class AdaptiveGCNConv(MessagePassing):
     the non-linearity :math:`h` of eq. 3 being left to the caller, as for
     :class:`~torch_geometric.nn.conv.GCNConv`. The three graphs are:
 
-    * :math:`a_{i,j}`, the fixed graph (the label co-occurrence :math:`P(j \mid i)` in
-      ML-AGCN, with no threshold), given as :obj:`edge_weight` (default :obj:`1`) or as the
-      values of a sparse or dense adjacency;
+    * :math:`a_{i,j}`, the fixed graph (in ML-AGCN the label co-occurrence, with no
+      threshold, normalised as in ML-GCN: :meth:`agcn_pyg.LabelGraph.adjacency`), given as
+      :obj:`edge_weight` (default :obj:`1`) or as the values of a sparse or dense adjacency;
     * :math:`b_{i,j}`, the attention graph (eq. 4-6):
 
       .. math::

@@ -275,8 +275,9 @@ def init_scale(graph: LabelGraph, in_features: int = 2048, seed: int = 0) -> lis
                  logit_rms=linear(feats).pow(2).mean().sqrt().item(),
                  logit_absmax=linear(feats).abs().max().item())]
     original = MultiLabelHead._match_linear_init
-    for variant in VARIANTS:
-        adj = graph.adjacency(variant)
+    for variant in (*VARIANTS, "zero"):  # "zero": A = 0, what B and C alone give
+        adj = (torch.zeros(graph.num_labels, graph.num_labels) if variant == "zero"
+               else graph.adjacency(variant))
         for hidden in ((), (1024,)):
             for rescale in (True, False):
                 if not rescale:

@@ -64,7 +64,7 @@ def test_init_scale_reads_mlgcn_pickle(fidelity, tmp_path):
     assert graph.counts.diagonal().tolist() == nums.tolist()
     assert graph.counts.tolist() == (labels.T.astype(int) @ labels.astype(int)).tolist()
     rows = fidelity.init_scale(graph, in_features=32)
-    assert len(rows) == 1 + 3 * 2 * 2  # linear head + variants x layers x rescale
+    assert len(rows) == 1 + 4 * 2 * 2  # linear head + (variants, A = 0) x layers x rescale
 
     class Evil:
         def __reduce__(self):
