@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from agcn_pyg import CocoMultiLabel, build_transforms, make_synthetic_coco
+from agcn_pyg import CocoMultiLabel, LabelGraph, build_transforms, make_synthetic_coco
 from agcn_pyg.checkpoint import load_checkpoint, model_from_checkpoint
 from agcn_pyg.metrics import multilabel_metrics
 
@@ -93,8 +93,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert state["epoch"] == 1 and state["step"] == 0
     assert state["config"]["data_config"]["input_size"] == (3, 32, 32)
     assert len(state["label_names"]) == 4
-    # The demo's training images have labels 1..4 drawn as shapes: the graph is P(j | i).
-    assert torch.allclose(state["adj"].diagonal(), torch.ones(4))
+    # A is the default reading of the training labels' co-occurrence: D P^T D.
+    graph = LabelGraph.load(tmp_path / "label_graph.pt")
+    P = graph.probability().double()
+    assert (P.sum(1) > 0).all()  # every demo label occurs in training
+    d = P.sum(1).rsqrt()
+    torch.testing.assert_close(state["adj"].double(), d[:, None] * P.t() * d[None, :],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_resume_reproduces_uninterrupted_run(data, two_epochs, tmp_path):
