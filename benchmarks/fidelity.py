@@ -335,6 +335,32 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def short_table(records: list[dict]) -> str:
+    """The README's table: mean over seeds, the spread of mAP as half the range."""
+    lines = ["| data | A | head rescale | seeds | step-0 logit RMS | mAP | CF1 / CP / CR @0.5 "
+             "| tuned threshold | CF1 / CP / CR @tuned |", "|" + "---|" * 9]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["variant"], r["rescale"]), []).append(r)
+    for (dataset, variant, rescale), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] != "demo", not kv[0][2],
+                                            VARIANTS.index(kv[0][1]))):
+        fe = [r["final_ema"] for r in rs]
+
+        def mean(key, fe=fe):
+            return sum(f[key] for f in fe) / len(fe)
+
+        maps = [f["mAP"] for f in fe]
+        spread = f" ± {(max(maps) - min(maps)) / 2:.1f}" if len(rs) > 1 else ""
+        rms = sum(r["logit_rms_step0"] for r in rs) / len(rs)
+        lines.append(
+            f"| {dataset} | `{variant}` | {'yes' if rescale else 'no'} | {len(rs)} | "
+            f"{rms:.2f} | {mean('mAP'):.1f}{spread} | {mean('CF1'):.1f} / {mean('CP'):.0f} / "
+            f"{mean('CR'):.0f} | {mean('threshold_tuned'):.2f} | {mean('CF1_tuned'):.1f} / "
+            f"{mean('CP_tuned'):.0f} / {mean('CR_tuned'):.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -391,6 +417,8 @@ def main(argv=None) -> int:
                         f.write(json.dumps(rec) + "\n")
                     with open(os.path.join(args.out, "fidelity.md"), "w") as f:
                         f.write(table(records) + "\n")
+    with open(os.path.join(args.out, "fidelity_short.md"), "w") as f:
+        f.write(short_table(records) + "\n")
     print(table(records))
     return 0
 
