@@ -262,6 +262,21 @@ def load_mlgcn_adj(path: str) -> LabelGraph:
     return LabelGraph(torch.as_tensor(data["adj"]).long() + torch.diag(nums), nums)
 
 
+def graph_stats(graph: LabelGraph) -> list[dict]:
+    """Row sums (min, median, max, and the label of the max) and spectral radius of each
+    variant of A."""
+    rows = []
+    for variant in VARIANTS:
+        adj = graph.adjacency(variant).double()
+        r = adj.sum(1)
+        top = int(r.argmax())
+        rows.append(dict(A=variant, row_sum_min=r.min().item(), row_sum_median=r.median().item(),
+                         row_sum_max=r.max().item(),
+                         max_row_label=graph.label_names[top] if graph.label_names else top,
+                         spectral_radius=torch.linalg.eigvals(adj).abs().max().item()))
+    return rows
+
+
 def init_scale(graph: LabelGraph, in_features: int = 2048, seed: int = 0) -> list[dict]:
     """Initial logits of the paper's heads (1 and 2 layers, one-hot nodes) on pooled-ReLU-like
     features (uniform in [0, 1]), per A variant, with and without the head's rescale, next to
@@ -390,9 +405,13 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "env.json"), "w") as f:
         json.dump({**env_info(torch.device("cpu")), "args": vars(args)}, f, indent=1)
     if args.coco_adj:
-        rows = init_scale(load_mlgcn_adj(args.coco_adj))
-        text = markdown_table(rows, ["A", "layers", "rescale", "A_row_sums", "logit_rms",
-                                     "logit_absmax"])
+        graph = load_mlgcn_adj(args.coco_adj)
+        rows = init_scale(graph)
+        text = markdown_table(graph_stats(graph), ["A", "row_sum_min", "row_sum_median",
+                                                   "row_sum_max", "max_row_label",
+                                                   "spectral_radius"])
+        text += "\n" + markdown_table(rows, ["A", "layers", "rescale", "A_row_sums",
+                                             "logit_rms", "logit_absmax"])
         with open(os.path.join(args.out, "init_scale_coco.md"), "w") as f:
             f.write(text + "\n")
         print(text)
