@@ -358,13 +358,27 @@ def probability_from_adjacency(adj: Tensor, kind: str) -> Tensor:
     A = _check_square_nonnegative(adj)
     if kind == "cooccurrence":
         return A.to(_float_dtype(adj))
-    diag = A.diagonal()
-    if kind == "normalized":
-        s = torch.where(diag > 0, diag.clamp(min=torch.finfo(diag.dtype).tiny).rsqrt(), 0.0)
-        P = s.unsqueeze(1) * A.t() * s.unsqueeze(0)
+    if A.layout != torch.strided:
+        (row, col), value = A.indices(), A.values()
+        on_diag = row == col
+        diag = torch.zeros(A.size(0), dtype=torch.float64).index_add_(
+            0, row[on_diag], value[on_diag])
     else:
-        P = torch.where(diag.unsqueeze(1) > 0, A / diag.clamp(min=torch.finfo(diag.dtype).tiny)
-                        .unsqueeze(1), 0.0)
+        diag = A.diagonal()
+    if kind == "normalized":  # P[i, j] = A[j, i] * s_i * s_j with s = diag^-1/2
+        s = _inv_sqrt(diag)
+        if A.layout != torch.strided:
+            P = torch.sparse_coo_tensor(torch.stack([col, row]), value * s[row] * s[col],
+                                        A.shape, check_invariants=False).coalesce()
+        else:
+            P = s.unsqueeze(1) * A.t() * s.unsqueeze(0)
+    else:  # P[i, j] = A[i, j] / diag_i
+        inv = torch.where(diag > 0, 1 / diag.clamp(min=torch.finfo(diag.dtype).tiny), 0.0)
+        if A.layout != torch.strided:
+            P = torch.sparse_coo_tensor(A.indices(), value * inv[row], A.shape,
+                                        check_invariants=False).coalesce()
+        else:
+            P = A * inv.unsqueeze(1)
     return P.to(_float_dtype(adj))
 
 

@@ -132,6 +132,20 @@ def test_probability_from_adjacency_inverts_each_variant(kind):
     torch.testing.assert_close(P, torch.tensor(P_EXPECTED, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("kind", ["cooccurrence", "normalized", "row_normalized"])
+def test_variants_from_sparse_labels_equal_dense(kind):
+    # The same hand-checked matrices from sparse counts: sparse out, same values, and back.
+    graph = LabelGraph.from_labels(torch.tensor(LABELS).to_sparse())
+    assert graph.is_sparse
+    adj = graph.adjacency(kind)
+    assert adj.layout == torch.sparse_coo
+    dense = LabelGraph.from_labels(torch.tensor(LABELS)).adjacency(kind)
+    torch.testing.assert_close(adj.to_dense(), dense)
+    P = probability_from_adjacency(adj, kind)
+    assert P.layout == torch.sparse_coo
+    torch.testing.assert_close(P.to_dense().double(), torch.tensor(P_EXPECTED, dtype=torch.float64))
+
+
 def test_probability_from_adjacency_rejects_mlgcn():
     with pytest.raises(ValueError, match="cannot be inverted"):
         probability_from_adjacency(torch.eye(3), "mlgcn")
