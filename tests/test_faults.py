@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,16 +93,19 @@ def image(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "text"])
-@pytest.mark.parametrize("tool", ["predict", "plot_graph", "export"])
+@pytest.mark.parametrize("tool", ["predict", "plot_graph", "export", "evaluate", "resume"])
 def test_damaged_checkpoint_is_one_line(tool, kind, damaged, image, tmp_path, capsys):
     bad = str(damaged / f"{kind}.pth")
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.pt2").write_bytes(b"the previous export")
     before = snapshot(out)
+    train = ["--output", str(out), "--workers", "0", "--no-progress"]
     argv = {"predict": (predict_py, [bad, str(image), "--json", str(out / "p.json")]),
             "plot_graph": (plot_graph_py, [bad, "--out", str(out)]),
-            "export": (export_py, [bad, str(out / "model.pt2")])}
+            "export": (export_py, [bad, str(out / "model.pt2")]),
+            "evaluate": (coco_train_py, ["--evaluate", bad, *train]),
+            "resume": (coco_train_py, ["--resume", bad, *train])}
     module, args = argv[tool]
     assert module.main(args) == 2
     line = assert_one_error_line(capsys.readouterr().err, bad)
@@ -170,16 +174,19 @@ class _FillingFile:
 @pytest.fixture
 def disk_full(monkeypatch):
     """Makes every temporary file of :func:`~agcn_pyg.checkpoint.atomic_write` (and only
-    those) fail with ENOSPC after ``disk_full.budget`` bytes."""
+    those, ending in ``disk_full.suffix``) fail with ENOSPC after ``disk_full.budget``
+    bytes."""
     real_fdopen = os.fdopen
 
     class Control:
         budget = 10**12  # tests lower it
+        suffix = ""  # only temporary files ending so, e.g. ".pth"
         hits = 0
 
     def fdopen(fd, *args, **kwargs):
         f = real_fdopen(fd, *args, **kwargs)
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".tmp-"):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".tmp-") and name.endswith(Control.suffix):
             Control.hits += 1
             return _FillingFile(f, Control.budget)
         return f
@@ -419,6 +426,37 @@ def _train_cmd(d, out, *extra):
             "--no-progress", "--amp", "off", "--hidden", "16", "--output", str(out), *extra]
 
 
+def _train_args(d, out, *extra):
+    return [*_train_cmd(d, out, *extra)[2:]]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_coco, tmp_path_factory):
+    """A run that did its first epoch of two (the schedule spans two)."""
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    assert coco_train_py.main(_train_args(tiny_coco, out, "--epochs", "1",
+                                          "--sched-epochs", "2")) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_is_one_line_and_keeps_the_checkpoints(
+        one_epoch_run, tmp_path, disk_full, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    before = snapshot(out)
+    capsys.readouterr()
+    disk_full.budget, disk_full.suffix = 4096, ".pth"  # the epoch-2 checkpoints fail
+    rc = coco_train_py.main(["--resume", "auto", "--output", str(out), "--epochs", "2",
+                             "--workers", "0", "--no-progress"])
+    assert rc == 1
+    assert_one_error_line(capsys.readouterr().err, "No space left on device")
+    assert disk_full.hits >= 1
+    for name in ("last.pth", "best.pth"):
+        assert (out / name).read_bytes() == before[name]
+    assert temp_files(out) == []
+
+
 def _kill_at(cmd, moment: str, delay: float, timeout: float = 240) -> str:
     """Runs ``cmd`` and kill -9s it ``delay`` s after ``moment``: "start", or "rewrite" (a
     checkpoint write beginning, its temporary file in the output folder, while ``last.pth``
@@ -468,6 +506,14 @@ def test_kill_9_leaves_readable_checkpoints(seed, tiny_coco, tmp_path):
     if (out / "log.jsonl").exists():
         for line in (out / "log.jsonl").read_text().splitlines():
             json.loads(line)
+    if moment == "rewrite":  # resumed, the run ends whole: best.pth repaired, no temp file
+        assert temp_files(out), "the kill should have interrupted a write"
+        assert coco_train_py.main(["--resume", "auto", "--output", str(out), "--epochs", "2",
+                                   "--workers", "0", "--no-progress"]) == 0
+        assert temp_files(out) == []
+        last = load_checkpoint(out / "last.pth")
+        assert last["epoch"] == 2
+        assert load_checkpoint(out / "best.pth")["epoch"] == last["best"]["epoch"]
 
 
 def test_list_file_datasets_name_the_file_that_is_not_json_or_text(images3, tmp_path):
