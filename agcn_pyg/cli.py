@@ -5,7 +5,6 @@ reported as one line on stderr with a non-zero exit status, never a traceback.""
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,11 +38,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | str:
-    """:func:`~agcn_pyg.checkpoint.load_checkpoint`, with an empty, truncated or foreign
-    file reported as a :class:`ValueError` naming it instead of torch's ``RuntimeError``,
-    ``EOFError`` or ``UnpicklingError``. A folder written by
-    :func:`~agcn_pyg.pretrained.save_pretrained` is returned as its path, which predict,
-    plot_graph and export read themselves."""
+    """A checkpoint file, read by :func:`~agcn_pyg.checkpoint.load_checkpoint` (an empty,
+    truncated or foreign file is a one-line :class:`~agcn_pyg.checkpoint.CheckpointError`),
+    or the path of a folder written by :func:`~agcn_pyg.pretrained.save_pretrained`, which
+    predict, plot_graph and export read themselves."""
     if os.path.isdir(path):
         from agcn_pyg.pretrained import is_pretrained_folder
 
@@ -53,14 +51,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | str:
                 f"model.safetensors that save_pretrained writes"
             )
         return os.fspath(path)
-    try:
-        return load_checkpoint(path)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        size = os.path.getsize(path)
-        what = "is empty" if size == 0 else f"({size} bytes) is truncated, damaged or not a " \
-                                            f"PyTorch file"
-        detail = _one_line(e).split(". ")[0]  # torch's advice paragraph is left out
-        raise ValueError(f"checkpoint '{os.fspath(path)}' {what} ({detail})") from e
+    return load_checkpoint(path)
 
 
 def check_output_file(path: str | os.PathLike, arg: str) -> str:

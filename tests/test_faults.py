@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,16 +93,19 @@ def image(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "text"])
-@pytest.mark.parametrize("tool", ["predict", "plot_graph", "export"])
+@pytest.mark.parametrize("tool", ["predict", "plot_graph", "export", "evaluate", "resume"])
 def test_damaged_checkpoint_is_one_line(tool, kind, damaged, image, tmp_path, capsys):
     bad = str(damaged / f"{kind}.pth")
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.pt2").write_bytes(b"the previous export")
     before = snapshot(out)
+    train = ["--output", str(out), "--workers", "0", "--no-progress"]
     argv = {"predict": (predict_py, [bad, str(image), "--json", str(out / "p.json")]),
             "plot_graph": (plot_graph_py, [bad, "--out", str(out)]),
-            "export": (export_py, [bad, str(out / "model.pt2")])}
+            "export": (export_py, [bad, str(out / "model.pt2")]),
+            "evaluate": (coco_train_py, ["--evaluate", bad, *train]),
+            "resume": (coco_train_py, ["--resume", bad, *train])}
     module, args = argv[tool]
     assert module.main(args) == 2
     line = assert_one_error_line(capsys.readouterr().err, bad)
@@ -170,16 +174,19 @@ class _FillingFile:
 @pytest.fixture
 def disk_full(monkeypatch):
     """Makes every temporary file of :func:`~agcn_pyg.checkpoint.atomic_write` (and only
-    those) fail with ENOSPC after ``disk_full.budget`` bytes."""
+    those, ending in ``disk_full.suffix``) fail with ENOSPC after ``disk_full.budget``
+    bytes."""
     real_fdopen = os.fdopen
 
     class Control:
         budget = 10**12  # tests lower it
+        suffix = ""  # only temporary files ending so, e.g. ".pth"
         hits = 0
 
     def fdopen(fd, *args, **kwargs):
         f = real_fdopen(fd, *args, **kwargs)
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".tmp-"):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".tmp-") and name.endswith(Control.suffix):
             Control.hits += 1
             return _FillingFile(f, Control.budget)
         return f
@@ -419,10 +426,42 @@ def _train_cmd(d, out, *extra):
             "--no-progress", "--amp", "off", "--hidden", "16", "--output", str(out), *extra]
 
 
+def _train_args(d, out, *extra):
+    return [*_train_cmd(d, out, *extra)[2:]]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_coco, tmp_path_factory):
+    """A run that did its first epoch of two (the schedule spans two)."""
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    assert coco_train_py.main(_train_args(tiny_coco, out, "--epochs", "1",
+                                          "--sched-epochs", "2")) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_is_one_line_and_keeps_the_checkpoints(
+        one_epoch_run, tmp_path, disk_full, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    before = snapshot(out)
+    capsys.readouterr()
+    disk_full.budget, disk_full.suffix = 4096, ".pth"  # the epoch-2 checkpoints fail
+    rc = coco_train_py.main(["--resume", "auto", "--output", str(out), "--epochs", "2",
+                             "--workers", "0", "--no-progress"])
+    assert rc == 1
+    assert_one_error_line(capsys.readouterr().err, "No space left on device")
+    assert disk_full.hits >= 1
+    for name in ("last.pth", "best.pth"):
+        assert (out / name).read_bytes() == before[name]
+    assert temp_files(out) == []
+
+
 def _kill_at(cmd, moment: str, delay: float, timeout: float = 240) -> str:
-    """Runs ``cmd`` and kill -9s it ``delay`` s after ``moment``: "start", or "write" (the
-    temporary file of the first checkpoint write appearing in the output folder). Returns
-    how it ended."""
+    """Runs ``cmd`` and kill -9s it ``delay`` s after ``moment``: "start", or "rewrite" (a
+    checkpoint write beginning, its temporary file in the output folder, while ``last.pth``
+    already exists: a kill there must leave the previous file whole). Returns how it
+    ended."""
     out = Path(cmd[cmd.index("--output") + 1])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -430,9 +469,9 @@ def _kill_at(cmd, moment: str, delay: float, timeout: float = 240) -> str:
     start, armed = time.monotonic(), moment == "start"
     try:
         while proc.poll() is None and time.monotonic() - start < timeout:
-            if not armed and out.is_dir() and any(p.name.startswith(".tmp-") and
-                                                  p.name.endswith(".pth")
-                                                  for p in out.iterdir()):
+            if not armed and (out / "last.pth").exists() and any(
+                    p.name.startswith(".tmp-") and p.name.endswith(".pth")
+                    for p in out.iterdir()):
                 armed, start = True, time.monotonic()
             if armed and time.monotonic() - start >= delay:
                 proc.send_signal(signal.SIGKILL)
@@ -447,21 +486,34 @@ def _kill_at(cmd, moment: str, delay: float, timeout: float = 240) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_kill_9_leaves_readable_checkpoints(seed, tiny_coco, tmp_path):
     rng = random.Random(seed)
     out = tmp_path / "run"
-    # Seed 0 dies at a random time; the others inside a checkpoint write.
-    moment, delay = ("start", rng.uniform(4, 20)) if seed == 0 else ("write", rng.uniform(0, 0.1))
+    # Seed 0 dies at a random time; seed 1 inside a checkpoint write that replaces or adds
+    # to the first epoch's files.
+    moment, delay = (("start", rng.uniform(4, 20)) if seed == 0
+                     else ("rewrite", rng.uniform(0, 0.1)))
     how = _kill_at(_train_cmd(tiny_coco, out, "--epochs", "2"), moment, delay)
     assert how == "killed" or how == "exited 0", how
+    if moment == "rewrite":
+        assert how == "killed" and (out / "last.pth").exists()
     for name in ("last.pth", "best.pth"):
         if (out / name).exists():  # whatever is there is a whole checkpoint
             state = load_checkpoint(out / name)
-            assert list(state["label_names"]) == list(tiny_coco.label_names) and "model" in state
+            assert list(state["label_names"]) == list(tiny_coco.label_names)
+            assert "model" in state
     if (out / "log.jsonl").exists():
         for line in (out / "log.jsonl").read_text().splitlines():
             json.loads(line)
+    if moment == "rewrite":  # resumed, the run ends whole: best.pth repaired, no temp file
+        assert temp_files(out), "the kill should have interrupted a write"
+        assert coco_train_py.main(["--resume", "auto", "--output", str(out), "--epochs", "2",
+                                   "--workers", "0", "--no-progress"]) == 0
+        assert temp_files(out) == []
+        last = load_checkpoint(out / "last.pth")
+        assert last["epoch"] == 2
+        assert load_checkpoint(out / "best.pth")["epoch"] == last["best"]["epoch"]
 
 
 def test_list_file_datasets_name_the_file_that_is_not_json_or_text(images3, tmp_path):
