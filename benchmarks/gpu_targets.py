@@ -76,15 +76,11 @@ def edge_targets(out: Path) -> list[dict]:
 
 def scale_targets(out: Path) -> list[dict]:
     data = read_rows(out / "layers-scale" / "layers.csv")
-    if not data:
-        return [_row("complete path (sparse A) vs DenseGATConv", f"N={SCALE_N}", None, SCALE_BAR)]
-    ours = [r for r in data if "complete" in r["layer"]]
-    layer = ours[0]["layer"] if ours else None
-    shape = ours[0]["shape"] if ours else None
-    ratio = _ratio(_ms(data, layer, "complete", shape, SCALE_N),
-                   _ms(data, "dense_gat", "complete", shape, SCALE_N)) if layer else None
-    huge = next((r for r in ours if int(r["n"]) == HUGE_N and r["status"] == "ok"), None)
-    gib = float(huge["fwd_bwd_mem_mib"]) / 1024 if huge and huge["fwd_bwd_mem_mib"] else None
+    ratio = _ratio(_ms(data, "agcn_complete", "scale", "scale", SCALE_N),
+                   _ms(data, "dense_gat", "scale", "scale", SCALE_N)) if data else None
+    huge = next((r for r in data if r["layer"] == "agcn_complete" and int(r["n"]) == HUGE_N
+                 and r["status"] == "ok" and r["fwd_bwd_mem_mib"]), None)
+    gib = float(huge["fwd_bwd_mem_mib"]) / 1024 if huge else None
     return [_row("complete path (sparse A) vs DenseGATConv", f"N={SCALE_N}", ratio, SCALE_BAR),
             _row("complete path (sparse A) peak memory", f"N={HUGE_N}", gib, HUGE_GIB, " GiB")]
 

@@ -96,3 +96,15 @@ def test_quick_suite_end_to_end(tmp_path):
     assert len(json.loads((out / "train" / "predict.json").read_text())) == 8  # demo-val images
     with tarfile.open(archive) as tar:
         assert f"{out.name}/summary.md" in tar.getnames()
+
+
+def test_scale_targets_from_csv(tmp_path):
+    row = lambda name, n, ms, mib="": dict(layer=name, graph="scale", shape="scale", n=n,  # noqa: E731
+                                           fwd_bwd_ms=ms, status="ok", fwd_bwd_mem_mib=mib)
+    _write(tmp_path / "layers-scale" / "layers.csv", [
+        row("agcn_complete", 10000, 1.0), row("dense_gat", 10000, 10.0),  # 0.1 <= 0.2: PASS
+        row("agcn_complete", 1000000, 50.0, 12 * 1024),                   # 12 GiB > 10: MISS
+    ])
+    got = {r["target"]: r["result"] for r in gpu_targets.scale_targets(tmp_path)}
+    assert got == {"complete path (sparse A) vs DenseGATConv": "PASS",
+                   "complete path (sparse A) peak memory": "MISS"}
