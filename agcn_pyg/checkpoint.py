@@ -15,7 +15,11 @@ dicts, lists, tensors, strings and numbers, no pickled objects):
 
 The **model spec** (:class:`ModelSpec`) rebuilds the model with no other file:
 ``config`` (:func:`model_config`), ``label_names``, ``adj`` (the label graph :math:`A`)
-and ``node_features``.
+and ``node_features``. ``config["adjacency"]`` names the reading of :math:`A` that ``adj``
+holds (:meth:`~agcn_pyg.LabelGraph.adjacency`'s ``kind``); checkpoints written before it was
+recorded hold the raw co-occurrence and read as ``"cooccurrence"``
+(:attr:`ModelSpec.adjacency_kind`). The stored ``adj`` is what a loaded or resumed model
+uses, whatever the current default.
 
 Files are written with :func:`atomic_write` (a crash leaves the old file or the new one);
 :func:`load_checkpoint` turns a missing, empty, truncated, foreign or newer file into one
@@ -41,6 +45,7 @@ from agcn_pyg.model import DATA_CONFIG_KEYS, MLAGCN, create_model
 
 __all__ = [
     "FORMAT",
+    "LEGACY_ADJACENCY",
     "CheckpointError",
     "CheckpointWriteError",
     "LoadedModel",
@@ -190,11 +195,14 @@ def model_config(
     head_kwargs: dict | None = None,
     timm_kwargs: dict | None = None,
     data_config: dict | None = None,
+    adjacency: str | None = None,
 ) -> dict[str, Any]:
     """The plain-data description of a model stored in every checkpoint under ``config``:
     :func:`model_from_checkpoint` rebuilds the model from it, with no command-line args.
-    ``data_config`` holds the eval input size and normalisation (timm's keys)."""
-    return dict(
+    ``data_config`` holds the eval input size and normalisation (timm's keys);
+    ``adjacency`` the ``kind`` of :meth:`~agcn_pyg.LabelGraph.adjacency` that built the
+    spec's ``adj`` (a record: the model uses the stored ``adj``)."""
+    config = dict(
         model_name=model_name,
         num_labels=num_labels,
         num_layers=num_layers,
@@ -203,6 +211,18 @@ def model_config(
         timm_kwargs=dict(timm_kwargs or {}),
         data_config=dict(data_config or {}),
     )
+    if adjacency is not None:
+        from agcn_pyg.label_graph import ADJACENCY_KINDS
+
+        if adjacency not in ADJACENCY_KINDS:
+            raise ValueError(f"'adjacency' must be one of {ADJACENCY_KINDS} (got {adjacency!r})")
+        config["adjacency"] = adjacency
+    return config
+
+
+#: The reading of :math:`A` in checkpoints that do not record one (written before
+#: ``config["adjacency"]`` existed): the raw co-occurrence.
+LEGACY_ADJACENCY = "cooccurrence"
 
 
 @dataclass
@@ -215,6 +235,13 @@ class ModelSpec:
     label_names: list[str]
     adj: Tensor
     node_features: Tensor | None = None
+
+    @property
+    def adjacency_kind(self) -> str:
+        r"""Which reading of :math:`A` ``adj`` holds (``config["adjacency"]``);
+        ``"cooccurrence"`` (the raw :math:`P(j \mid i)`) for checkpoints written before the
+        reading was recorded, which is what they hold."""
+        return self.config.get("adjacency") or LEGACY_ADJACENCY
 
     def to_dict(self) -> dict[str, Any]:
         return dict(config=self.config, label_names=list(self.label_names),

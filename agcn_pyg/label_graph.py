@@ -63,6 +63,7 @@ __all__ = [
     "LabelGraph",
     "conditional_probability",
     "cooccurrence_counts",
+    "infer_adjacency_kind",
     "label_graph_from_coco",
     "mlgcn_adjacency",
     "mlgcn_normalize",
@@ -380,6 +381,34 @@ def probability_from_adjacency(adj: Tensor, kind: str) -> Tensor:
         else:
             P = A * inv.unsqueeze(1)
     return P.to(_float_dtype(adj))
+
+
+def infer_adjacency_kind(adj: Tensor, atol: float = 1e-5) -> str | None:
+    r"""Which :meth:`LabelGraph.adjacency` reading a dense :math:`A` is, for matrices that do
+    not say (a model built by hand, a ``save_pretrained`` folder), or :obj:`None` if it is
+    none of the invertible ones (``"mlgcn"``, a custom graph). Each test follows from
+    :math:`P_{ii} = 1`: ``"cooccurrence"`` has a 0/1 diagonal and entries in :math:`[0, 1]`;
+    ``"row_normalized"`` has rows summing to 1 (or 0); ``"normalized"`` gives back a
+    :math:`P` (:func:`probability_from_adjacency`) in :math:`[0, 1]` whose row sums are
+    :math:`1 / A_{ii}`. A graph of isolated labels passes all three, and all three read it
+    the same way. ML-GCN's matrix (``"mlgcn"``) is ``gen_adj`` of a unit-diagonal matrix
+    too, so it reads as ``"normalized"``: record the kind where it matters (checkpoints do,
+    in ``config["adjacency"]``)."""
+    A = _check_square_nonnegative(adj)
+    if A.layout != torch.strided:
+        A = A.to_dense()
+    diag, rows = A.diagonal(), A.sum(1)
+    if ((diag - diag.round()).abs() <= atol).all() and (diag <= 1 + atol).all() and (
+            A <= 1 + atol).all():
+        return "cooccurrence"
+    if (((rows - 1).abs() <= atol) | (rows.abs() <= atol)).all():
+        return "row_normalized"
+    P = probability_from_adjacency(A, "normalized")
+    present = diag > 0
+    if (P <= 1 + atol).all() and torch.allclose(P.sum(1)[present] * diag[present],
+                                                torch.ones_like(diag[present]), atol=atol):
+        return "normalized"
+    return None
 
 
 def _float_dtype(t: Tensor) -> torch.dtype:

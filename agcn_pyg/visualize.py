@@ -6,10 +6,13 @@ Orientation everywhere: ``M[i, j]`` is the weight of the edge :math:`j \to i`, s
 :math:`i` lists what label :math:`i` aggregates. In the heatmaps the rows (y axis) are the
 target labels and the columns (x axis) the source labels.
 
-ML-GCN keeps only co-occurrence edges with :math:`P(j \mid i) \ge \tau = 0.4`; ML-AGCN keeps
-them all and learns :math:`\mathbf{B}` and :math:`\mathbf{C}` on top. The edge table marks
-the strong learned edges whose :math:`a_{i,j}` is below :math:`\tau`: the rare
-co-occurrences that the thresholded graph would have dropped.
+ML-GCN keeps only the edges :math:`j \to i` with :math:`P(i \mid j) \ge \tau = 0.4` (its
+``gen_A`` thresholds :math:`P(j \mid i)` at row :math:`i`, and ``gen_adj`` transposes);
+ML-AGCN keeps them all and learns :math:`\mathbf{B}` and :math:`\mathbf{C}` on top. The
+edge table marks the strong learned edges with :math:`P(i \mid j) < \tau`: the rare
+co-occurrences that the thresholded graph would have dropped. :math:`P` is read back from
+the model's :math:`\mathbf{A}` (:func:`~agcn_pyg.label_graph.probability_from_adjacency`)
+in the reading the checkpoint records.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class Edge(NamedTuple):
     plot titles), label
     ``target`` aggregates from label ``source`` with weight ``weight`` = :math:`a + b + c`,
     ranked ``rank`` (1-based) among ``target``'s incoming edges. ``below_tau`` is
-    :obj:`True` when :math:`a_{i,j} < \\tau` (ML-GCN would have dropped the edge)."""
+    :obj:`True` when :math:`P(i \\mid j) < \\tau` (ML-GCN would have dropped the edge), and
+    :obj:`None` when :math:`P` cannot be read back from :math:`\\mathbf{A}`."""
 
     layer: int
     target: str
@@ -67,16 +71,21 @@ class Edge(NamedTuple):
     A: float
     B: float | None
     C: float | None
-    below_tau: bool
+    below_tau: bool | None
 
 
 def _resolve(
     model: Any, label_names: Sequence[str] | None, use_ema: bool
-) -> tuple[MultiLabelHead, list[str]]:
-    """The head and the label names of a checkpoint path/dict, a save_pretrained folder,
-    an MLAGCN or a head."""
-    from agcn_pyg.checkpoint import LoadedModel, load_model
+) -> tuple[MultiLabelHead, list[str], str | None]:
+    """The head, the label names and the recorded reading of A (``None`` when not
+    recorded) of a checkpoint path/dict, a save_pretrained folder, an MLAGCN or a head."""
+    from agcn_pyg.checkpoint import LoadedModel, ModelSpec, load_checkpoint, load_model
 
+    kind = None
+    if isinstance(model, (str, os.PathLike)) and not os.path.isdir(model):
+        model = load_checkpoint(model)
+    if isinstance(model, dict) and "config" in model:
+        kind = ModelSpec.from_checkpoint(model).adjacency_kind
     if isinstance(model, (str, os.PathLike, dict, MLAGCN, LoadedModel)):
         model, names, _ = load_model(model, use_ema=use_ema)
         if label_names is None and model.label_names is not None:
@@ -93,7 +102,7 @@ def _resolve(
     names = [str(i) for i in range(n)] if label_names is None else [str(s) for s in label_names]
     if len(names) != n:
         raise ValueError(f"'label_names' must hold {n} names (got {len(names)})")
-    return model, names
+    return model, names, kind
 
 
 def _subset(names: list[str], labels: Sequence[str | int] | None) -> list[int]:
@@ -193,7 +202,7 @@ def plot_learned_graphs(
     # the caller's pyplot state is left alone.
     from matplotlib.figure import Figure
 
-    head, names = _resolve(model, label_names, use_ema)
+    head, names, _ = _resolve(model, label_names, use_ema)
     index = _subset(names, labels)
     shown = [names[i] for i in index]
     n = len(index)
@@ -250,6 +259,7 @@ def strongest_edges(
     labels: Sequence[str | int] | None = None,
     tau: float = MLGCN_TAU,
     use_ema: bool = True,
+    adjacency_kind: str | None = None,
 ) -> list[Edge]:
     r"""The ``top_k`` strongest incoming edges :math:`j \to i` of every label :math:`i` in
     every layer, ranked by :math:`a_{i,j} + b_{i,j} + c_{i,j}` (largest first), self-edges
@@ -262,19 +272,36 @@ def strongest_edges(
         top_k (int, optional): Edges kept per label. (default: :obj:`5`)
         labels (Sequence[str or int], optional): Only these target labels; sources are
             still all labels. (default: :obj:`None`, all)
-        tau (float, optional): Edges with :math:`a_{i,j} < \tau` get ``below_tau=True``.
-            (default: :obj:`0.4`, ML-GCN's threshold)
+        tau (float, optional): Edges :math:`j \to i` with :math:`P(i \mid j) < \tau`
+            get ``below_tau=True``. (default: :obj:`0.4`, ML-GCN's threshold)
         use_ema (bool, optional): Use the checkpoint's EMA weights when it has them.
+        adjacency_kind (str, optional): The reading of :math:`\mathbf{A}` the model holds
+            (:meth:`~agcn_pyg.LabelGraph.adjacency`'s ``kind``), to read :math:`P` back.
+            (default: :obj:`None`: the checkpoint's record, ``"cooccurrence"`` for
+            checkpoints written before it; for a model or folder,
+            :func:`~agcn_pyg.label_graph.infer_adjacency_kind`)
 
     Returns:
         list[Edge]: ordered by layer, target label (in ``labels`` order) and rank.
     """
     if top_k < 1:
         raise ValueError(f"'top_k' must be at least 1 (got {top_k})")
-    head, names = _resolve(model, label_names, use_ema)
+    from agcn_pyg.label_graph import infer_adjacency_kind, probability_from_adjacency
+
+    head, names, recorded = _resolve(model, label_names, use_ema)
     targets = _subset(names, labels)
     n = len(names)
     k = min(top_k, n - 1)
+    adj = head.adjacency()
+    adj = adj.to_dense() if adj.layout != torch.strided else adj
+    kind = adjacency_kind or recorded or infer_adjacency_kind(adj)
+    if kind == "mlgcn":  # ML-GCN's own graph: an edge is there or not
+        dropped = adj == 0
+    elif kind is not None:
+        # P[j, i] = P(i | j): what ML-GCN thresholds for the edge j -> i.
+        dropped = probability_from_adjacency(adj, kind).t() < tau
+    else:
+        dropped = None
     edges = []
     for l, mats in enumerate(graph_matrices(head), start=1):
         total = mats["A+B+C"].clone()
@@ -292,15 +319,15 @@ def strongest_edges(
                     A=a,
                     B=None if mats["B"] is None else float(mats["B"][i, j]),
                     C=None if mats["C"] is None else float(mats["C"][i, j]),
-                    below_tau=a < tau,
+                    below_tau=None if dropped is None else bool(dropped[i, j]),
                 ))
     return edges
 
 
 def edges_to_markdown(edges: Sequence[Edge], tau: float = MLGCN_TAU) -> str:
     """A markdown table with one row per layer and target label, listing its strongest
-    sources as ``source weight``; a ``†`` marks an edge whose co-occurrence weight is below
-    ``tau`` (the rare co-occurrences a thresholded graph drops)."""
+    sources as ``source weight``; a ``†`` marks an edge :math:`j \\to i` with
+    :math:`P(i \\mid j)` below ``tau`` (the rare co-occurrences a thresholded graph drops)."""
     rows: dict[tuple[int, str], list[str]] = {}
     for e in edges:
         mark = "†" if e.below_tau else ""
@@ -314,7 +341,10 @@ def edges_to_markdown(edges: Sequence[Edge], tau: float = MLGCN_TAU) -> str:
     for (layer, target), cells in rows.items():
         lines.append(f"| {layer} | {_md(target)} | {', '.join(cells)} |")
     lines.append("")
-    lines.append(f"† A < {tau:g}: dropped by ML-GCN's threshold τ = {tau:g}, kept by ML-AGCN.")
+    if any(e.below_tau is None for e in edges):
+        lines.append("(No † marks where P could not be read back from A.)")
+    lines.append(f"† P(label | source) < {tau:g}: dropped by ML-GCN's threshold τ = {tau:g}, "
+                 f"kept by ML-AGCN.")
     return "\n".join(lines) + "\n"
 
 
@@ -332,7 +362,7 @@ def edges_to_csv(edges: Sequence[Edge], path: str | os.PathLike) -> None:
         writer.writerow([
             e.layer, e.target, e.rank, e.source, f"{e.weight:.6g}", f"{e.A:.6g}",
             "" if e.B is None else f"{e.B:.6g}", "" if e.C is None else f"{e.C:.6g}",
-            int(e.below_tau),
+            "" if e.below_tau is None else int(e.below_tau),
         ])
     with atomic_write(path) as f:  # an interrupted write keeps the previous table
         f.write(text.getvalue().encode("utf-8"))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from agcn_pyg import CocoMultiLabel, LabelGraph, build_transforms, make_synthetic_coco
-from agcn_pyg.checkpoint import load_checkpoint, model_from_checkpoint
+from agcn_pyg.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from agcn_pyg.metrics import multilabel_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +146,53 @@ def test_evaluate_checkpoint_matches_direct_computation(data, two_epochs, eval_o
     for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
         assert got[k] == pytest.approx(expected[k], abs=1e-4), k
     assert eval_one_process["params"]["ML-AGCN"] == sum(p.numel() for p in model.parameters())
+
+    # The second row: the threshold with the best CF1 on these images, found by trying
+    # every score as the threshold.
+    by_threshold = {t: multilabel_metrics(scores, ds.labels, threshold=t)
+                    for t in sorted(set(scores.flatten().tolist()))}
+    best_cf1 = max(m["CF1"] for m in by_threshold.values())
+    assert got["CF1_tuned"] == pytest.approx(best_cf1, abs=1e-3)
+    assert by_threshold[min(by_threshold, key=lambda t: abs(t - got["threshold_tuned"]))][
+        "CF1"] == pytest.approx(best_cf1, abs=1e-3)
+    assert got["threshold"] == 0.5
+    rows = [line for line in out.splitlines() if line.startswith("| ML-AGCN")]
+    assert [r.split("|")[1].strip().split(" @")[0] for r in rows] == [
+        "ML-AGCN EMA", "ML-AGCN EMA", "ML-AGCN", "ML-AGCN"]
+    assert "@0.5 " in rows[0] and "(tuned on val, CF1)" in rows[1]
+    assert "label graph normalized" in out
+
+
+def test_adj_variant_is_recorded_and_old_checkpoints_keep_their_graph(data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = coco_train.main([*data_flags(data), *TINY, "--epochs", "1", "--sched-epochs", "2",
+                          "--adj-variant", "cooccurrence", "--output", out])
+    assert rc == 0
+    state = load_checkpoint(os.path.join(out, "last.pth"))
+    cache = torch.load(os.path.join(out, "label_graph.pt"), weights_only=True)
+    assert state["config"]["adjacency"] == "cooccurrence"
+    assert cache["adjacency_kind"] == "cooccurrence"
+    P = cache["counts"].double() / cache["nums"].double().clamp(min=1)[:, None]
+    torch.testing.assert_close(state["adj"].double(), P, rtol=1e-6, atol=1e-7)
+
+    # A checkpoint from before the record: raw P, and nothing says so.
+    del state["config"]["adjacency"], state["run_config"]["adj_variant"]
+    old = os.path.join(out, "old.pth")
+    save_checkpoint(state, old)
+    model, _ = model_from_checkpoint(old)
+    torch.testing.assert_close(model.head.adj, state["adj"])
+    capsys.readouterr()
+    assert coco_train.main(["--evaluate", old, "--workers", "0", "--no-progress"]) == 0
+    assert "label graph cooccurrence" in capsys.readouterr().out
+    # Resumed (today's default is another reading): the run keeps its A and records it.
+    shutil.copy(old, os.path.join(out, "last.pth"))
+    assert coco_train.main(["--resume", "auto", "--output", out, "--epochs", "2",
+                            "--no-progress", "--workers", "0"]) == 0
+    resumed = load_checkpoint(os.path.join(out, "last.pth"))
+    assert resumed["epoch"] == 2
+    torch.testing.assert_close(resumed["adj"], state["adj"])
+    assert resumed["config"]["adjacency"] == "cooccurrence"
+    assert resumed["run_config"]["adj_variant"] == "cooccurrence"
 
 
 def _torchrun(args, timeout=240):

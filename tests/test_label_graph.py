@@ -11,6 +11,7 @@ from agcn_pyg.label_graph import (
     LabelGraph,
     conditional_probability,
     cooccurrence_counts,
+    infer_adjacency_kind,
     label_graph_from_coco,
     mlgcn_adjacency,
     mlgcn_normalize,
@@ -144,6 +145,13 @@ def test_variants_from_sparse_labels_equal_dense(kind):
     P = probability_from_adjacency(adj, kind)
     assert P.layout == torch.sparse_coo
     torch.testing.assert_close(P.to_dense().double(), torch.tensor(P_EXPECTED, dtype=torch.float64))
+
+
+def test_infer_adjacency_kind():
+    graph = LabelGraph.from_labels(torch.tensor(LABELS))
+    for kind in ("cooccurrence", "normalized", "row_normalized"):
+        assert infer_adjacency_kind(graph.adjacency(kind)) == kind
+    assert infer_adjacency_kind(3 * torch.rand(4, 4, generator=torch.Generator().manual_seed(0))) is None
 
 
 def test_probability_from_adjacency_rejects_mlgcn():

@@ -59,6 +59,28 @@ def test_plot_subset_and_switched_off_graph(tmp_path):
         plot_learned_graphs(ckpt, labels=["spoon"])
 
 
+# 6 images x 3 labels: label 0 in all, label 1 in two, label 2 in one (with label 1).
+LABELS = [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]
+# P(i | j) for the edge j -> i, by hand: P(0 | 1) = 1, P(1 | 0) = 2/6, P(2 | 0) = 1/6,
+# P(0 | 2) = 1, P(2 | 1) = 1/2, P(1 | 2) = 1. Below tau = 0.4: edges 0 -> 1 and 0 -> 2.
+DROPPED = {(0, 1), (0, 2)}  # (source j, target i)
+
+
+@pytest.mark.parametrize("kind", ["normalized", "cooccurrence", "row_normalized"])
+def test_tau_marks_use_p_of_target_given_source_in_every_reading(kind):
+    from agcn_pyg import LabelGraph
+
+    graph = LabelGraph.from_labels(torch.tensor(LABELS))
+    model = create_model("resnet10t", 3, graph.adjacency(kind), hidden_channels=[8])
+    # A model records no reading: it is inferred from A, and given explicitly it agrees.
+    for given in (None, kind):
+        edges = strongest_edges(model, top_k=2, adjacency_kind=given)
+        assert len(edges) == 2 * 3 * 2
+        for e in edges:
+            j, i = int(e.source), int(e.target)
+            assert e.below_tau == ((j, i) in DROPPED), (e, given)
+
+
 def test_many_labels_keep_ticks_readable():
     n = 500
     model = create_model("resnet10t", n, torch.rand(n, n), num_layers=1)
@@ -83,7 +105,9 @@ def test_strongest_edges_against_argsort(ckpt, tmp_path):
             assert [e.source for e in got] == [NAMES[j] for j in others]
             assert [e.weight for e in got] == pytest.approx([total[i, j] for j in others])
             assert [e.A for e in got] == pytest.approx([float(g.A[i, j]) for j in others])
-            assert [e.below_tau for e in got] == [bool(g.A[i, j] < 0.4) for j in others]
+            # The checkpoint records no reading of A: the raw P(j | i) of old checkpoints,
+            # and ML-GCN drops the edge j -> i when P(i | j) = A[j, i] < tau.
+            assert [e.below_tau for e in got] == [bool(g.A[j, i] < 0.4) for j in others]
             assert all(e.source != name for e in got)
 
     only = strongest_edges(ckpt, top_k=2, labels=["fork"])

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -132,24 +132,36 @@ def labels_digest(train_set) -> str:
     return h.hexdigest()
 
 
-def label_graph(train_set, folder: str, write: bool = True, say=print) -> LabelGraph:
+def label_graph(train_set, folder: str, write: bool = True, say=print,
+                adjacency_kind: str | None = None) -> LabelGraph:
     """ML-AGCN's label graph of ``train_set``, cached as ``folder/label_graph.pt`` together
     with :func:`labels_digest`: the cache is reused only for the same training labels,
-    never for other data that happens to have the same label names."""
+    never for other data that happens to have the same label names. ``adjacency_kind``
+    (the :meth:`~agcn_pyg.LabelGraph.adjacency` reading the run builds :math:`A` with) is
+    recorded in the cache and on the returned graph; the counts do not depend on it."""
     path = os.path.join(folder, "label_graph.pt")
     digest = labels_digest(train_set)
+    graph = None
     if os.path.isfile(path):
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if cached.get("labels_sha256") == digest:
                 say(f"Label graph: reusing {path}")
-                return LabelGraph(cached["counts"], cached["nums"], cached["label_names"])
-            say(f"Label graph: {path} was computed from other training labels; recomputing")
+                graph = LabelGraph(cached["counts"], cached["nums"], cached["label_names"],
+                                   adjacency_kind)
+                if cached.get("adjacency_kind") == adjacency_kind:
+                    return graph
+            else:
+                say(f"Label graph: {path} was computed from other training labels; "
+                    f"recomputing")
         except Exception as e:  # a damaged cache is only a cache
             say(f"Label graph: cannot read {path} ({type(e).__name__}); recomputing")
-    graph = LabelGraph.from_labels(train_set.labels, list(train_set.label_names))
+    if graph is None:
+        graph = replace(
+            LabelGraph.from_labels(train_set.labels, list(train_set.label_names)),
+            adjacency_kind=adjacency_kind)
     if write:
         with atomic_write(path) as f:
             torch.save({"labels_sha256": digest, "counts": graph.counts, "nums": graph.nums,
-                        "label_names": graph.label_names}, f)
+                        "label_names": graph.label_names, "adjacency_kind": adjacency_kind}, f)
     return graph

@@ -55,10 +55,12 @@ def _predict(models: Mapping[str, nn.Module], loader: DataLoader, cfg: LoopConfi
 def evaluate(models: Mapping[str, nn.Module], loader: DataLoader, cfg: LoopConfig, *,
              num_labels: int, threshold: float = 0.5,
              criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
-             desc: str = "eval") -> dict[str, dict[str, float]]:
+             desc: str = "eval", tune: str | None = None) -> dict[str, dict[str, float]]:
     """Scores every model in ``models`` on one pass over ``loader`` and returns, per model,
     :func:`~agcn_pyg.multilabel_metrics` plus ``num_images`` and, with a ``criterion`` whose
-    reduction is ``'none'``, ``loss`` (mean per-image ASL loss).
+    reduction is ``'none'``, ``loss`` (mean per-image ASL loss). ``tune="CF1"`` adds the
+    metrics at the CF1-best threshold on these images (``*_tuned``; reported, never used
+    to choose).
 
     Under DDP the predictions (and losses) of all ranks are gathered in one call and
     de-duplicated by dataset index (:func:`~agcn_pyg.metrics.gather_predictions`), so every
@@ -78,7 +80,7 @@ def evaluate(models: Mapping[str, nn.Module], loader: DataLoader, cfg: LoopConfi
     results: dict[str, dict[str, float]] = {}
     for k, name in enumerate(models):
         block = rows[:, k * (num_labels + 1):(k + 1) * (num_labels + 1)]
-        res = multilabel_metrics(block[:, :num_labels], targets, threshold)
+        res = multilabel_metrics(block[:, :num_labels], targets, threshold, tune=tune)
         res["num_images"] = int(rows.size(0))
         if criterion is not None:
             res["loss"] = block[:, num_labels].double().mean().item()
@@ -108,11 +110,13 @@ def checkpoint_models(state: Mapping, cfg: LoopConfig) -> dict[str, nn.Module]:
 
 
 def evaluate_checkpoint(state: Mapping, val_set, cfg: LoopConfig, batch_size: int,
-                        threshold: float = 0.5, **loader_kwargs
+                        threshold: float = 0.5, tune: str | None = "CF1", **loader_kwargs
                         ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Scores the models of a checkpoint (:func:`checkpoint_models`) on ``val_set`` with
-    the checkpoint's evaluation transform; returns the metrics and the parameter counts
-    per model. ``loader_kwargs`` go to :func:`~agcn_pyg.train.build_eval_loader`."""
+    the checkpoint's evaluation transform; returns the metrics (at ``threshold`` and, with
+    ``tune``, at the threshold that maximises that metric on ``val_set``: ``*_tuned``) and
+    the parameter counts per model. ``loader_kwargs`` go to
+    :func:`~agcn_pyg.train.build_eval_loader`."""
     from agcn_pyg.model import count_parameters
     from agcn_pyg.transforms import build_transforms
 
@@ -125,5 +129,6 @@ def evaluate_checkpoint(state: Mapping, val_set, cfg: LoopConfig, batch_size: in
                                          train=False)
     models = checkpoint_models(state, cfg)
     loader = build_eval_loader(val_set, batch_size, **loader_kwargs)
-    results = evaluate(models, loader, cfg, num_labels=len(names), threshold=threshold)
+    results = evaluate(models, loader, cfg, num_labels=len(names), threshold=threshold,
+                       tune=tune)
     return results, {name: count_parameters(m) for name, m in models.items()}
