@@ -252,7 +252,8 @@ class ModelSpec:
     def build(self, pretrained: str | os.PathLike | None = None) -> MLAGCN:
         """The model this spec describes, freshly initialised (the backbone from a local
         ``pretrained`` file, see :func:`~agcn_pyg.create_model`), its ``pretrained_cfg``
-        holding the label names and the ``data_config`` it is trained and evaluated with."""
+        holding the label names, the ``data_config`` it is trained and evaluated with and
+        the reading of :math:`A` (``"adjacency"``, :attr:`adjacency_kind`)."""
         cfg = self.config
         head_kwargs = dict(cfg.get("head_kwargs", {}))
         model = create_model(
@@ -264,6 +265,8 @@ class ModelSpec:
             **cfg.get("timm_kwargs", {}))
         if cfg.get("data_config"):
             self.set_data_config(model, cfg["data_config"])
+        # The reading of A travels with the model (and save_pretrained's config.json).
+        model.pretrained_cfg["adjacency"] = self.adjacency_kind
         return model
 
     @staticmethod

@@ -91,6 +91,7 @@ def _resolve(
         if label_names is None and model.label_names is not None:
             label_names = names
     if isinstance(model, MLAGCN):
+        kind = kind or model.pretrained_cfg.get("adjacency")  # save_pretrained folders too
         model = model.head
     if not isinstance(model, MultiLabelHead):
         raise TypeError(
@@ -277,9 +278,9 @@ def strongest_edges(
         use_ema (bool, optional): Use the checkpoint's EMA weights when it has them.
         adjacency_kind (str, optional): The reading of :math:`\mathbf{A}` the model holds
             (:meth:`~agcn_pyg.LabelGraph.adjacency`'s ``kind``), to read :math:`P` back.
-            (default: :obj:`None`: the checkpoint's record, ``"cooccurrence"`` for
-            checkpoints written before it; for a model or folder,
-            :func:`~agcn_pyg.label_graph.infer_adjacency_kind`)
+            (default: :obj:`None`: the checkpoint's or model's record
+            (``pretrained_cfg["adjacency"]``), ``"cooccurrence"`` for checkpoints written
+            before it; else :func:`~agcn_pyg.label_graph.infer_adjacency_kind`)
 
     Returns:
         list[Edge]: ordered by layer, target label (in ``labels`` order) and rank.
