@@ -248,9 +248,10 @@ class AdaptiveGCNConv(MessagePassing):
     #: A dense adjacency gets the sorted :math:`\mathbf{B}` (no :obj:`[N, N]` softmax) where
     #: it is faster: from :attr:`sorted_min_nodes` nodes on and for
     #: :math:`N >` :attr:`sorted_min_ratio` :math:`\cdot F_{out}` (its passes over
-    #: :obj:`[N, F]` buffers against the softmax's over :obj:`[N, N]`; CPU measurements in
-    #: ``benchmarks/NOTES.md``).
-    sorted_min_nodes: int = 2048
+    #: :obj:`[N, F]` buffers against the softmax's over :obj:`[N, N]`). :obj:`None`: 2048 on
+    #: the CPU (measured, ``benchmarks/NOTES.md``), 16384 elsewhere (GPU crossover not yet
+    #: measured; the sorted path keeps float64 sums there).
+    sorted_min_nodes: int | None = None
     sorted_min_ratio: float = 2.0
     #: The largest :math:`N^2` for which the complete path of a sparse graph returns
     #: :obj:`[N, N]` matrices (:obj:`return_attention_weights`, :meth:`graphs`).
@@ -551,7 +552,7 @@ class AdaptiveGCNConv(MessagePassing):
             and not bipartite
             and not return_attention_weights
             and not (self.dropout > 0.0 and self.training)
-            and n >= self.sorted_min_nodes
+            and n >= _sorted_min_nodes(self.sorted_min_nodes, adj.device)
             and n > self.sorted_min_ratio * self.out_channels
             and 0.0 < self.negative_slope <= 1.0
         )
@@ -1042,6 +1043,12 @@ def _check_node_dims(x_src: Tensor, x_dst: Tensor):
             f"node features must be 2-dimensional [num_nodes, in_channels] with an edge_index "
             f"or sparse adjacency; batches [B, N, F] need a dense adjacency (got {shapes})"
         )
+
+
+def _sorted_min_nodes(setting: int | None, device: torch.device) -> int:
+    if setting is not None:
+        return setting
+    return 2048 if device.type == "cpu" else 16384
 
 
 def _check_complete(bipartite: bool, edge_attr: OptTensor):

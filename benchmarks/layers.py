@@ -141,8 +141,9 @@ NN_BUFFERS = {
     "dense_gat": 8,
 }
 EDGE_BUFFERS = {"agcn_edge": (5, 3), "gcn": (3, 0), "gat": (5, 0)}
-# The complete path: [N, F + 1] buffers of the cumulative sums (8 bytes each entry: float64 on a
-# GPU) and bytes per stored entry of A (edge_index, weights, CSR of A and its transpose).
+# The complete path: [N, F + 1] buffers of the cumulative sums (float64 on a GPU, float32 on
+# the CPU: agcn_pyg.complete._accumulate_dtype) and bytes per stored entry of A (edge_index,
+# weights, CSR of A and its transpose). Fitted to CPU peaks at N = 10^4-10^6 with some margin.
 COMPLETE_NF_BUFFERS, COMPLETE_BYTES_PER_NNZ = 8, 64
 
 SHAPE_TITLES = {
@@ -387,7 +388,9 @@ def estimate_bytes(name: str, case: Case, graph: Graph) -> int:
     n, i, o = case.n, case.in_channels, case.out_channels
     base = 4 * (2 * n * i + 3 * n * o + 6 * i * o)  # x, grad x, h, out, grads; W and grads
     if LAYERS[name].sparse_a:
-        return base + 8 * COMPLETE_NF_BUFFERS * n * (o + 1) + COMPLETE_BYTES_PER_NNZ * graph.nnz
+        per_entry = 4 if graph.device.type == "cpu" else 8
+        nf = per_entry * COMPLETE_NF_BUFFERS * n * (o + 1)
+        return base + nf + COMPLETE_BYTES_PER_NNZ * graph.nnz
     if LAYERS[name].dense:
         return base + 4 * (NN_BUFFERS[name] + 1) * n * n
     per_out, per_in = EDGE_BUFFERS[name]
