@@ -153,90 +153,145 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("nf,nf->n", a, b)
 
 
-def _split_sums(
-    keys: Tensor, values: Tensor, extra: Tensor, w_pos: Tensor, w_neg: Tensor, queries: Tensor
-) -> list[Tensor]:
-    r"""For every query :math:`q`, the sums :math:`\sum_{r: k_r > q} w^+_r \mathbf{v}_r` and
-    :math:`\sum_{r: k_r \le q} w^-_r \mathbf{v}_r` (:obj:`[Q, C]`), and the same sums of
-    :obj:`extra` (:obj:`[Q]`), by sorting the keys once and taking cumulative sums:
-    ``[above, above_extra, below, below_extra]``."""
-    n = keys.numel()
-    sorted_keys, order = keys.sort()
-    split = torch.searchsorted(sorted_keys, queries, right=True)  # number of keys <= q
-    # One [n + 1, C] buffer, a zero row first: row r holds the sum of the first r terms.
-    buf = values.new_empty(n + 1, values.size(1))
-    buf[0] = 0.0
-    out = []
-    # The largest keys first (sums above q), then the smallest (sums up to q).
-    for index, weight, rows in ((order.flip(0), w_pos, n - split), (order, w_neg, split)):
-        weight = weight.index_select(0, index)
-        torch.index_select(values, 0, index, out=buf[1:])
-        buf[1:].mul_(weight.unsqueeze(-1))
-        buf.cumsum_(0)
-        out.append(buf.index_select(0, rows))
-        out.append(F.pad((extra.index_select(0, index) * weight).cumsum(0), (1, 0))[rows])
-    return out
+# Column blocks of the cumulative sums: at most this many entries per [N, C] buffer, so the
+# float64 buffers stay small whatever F is (the columns are independent).
+_BLOCK_ENTRIES = 2**22
+# Above this many entries in h, the backward pass recomputes the forward's two [N, F] parts
+# instead of keeping them (memory for time, at the sizes where memory is the limit).
+_RECOMPUTE_ENTRIES = 2**25
 
 
-def _take_self_terms(parts: list[Tensor], w_self: Tensor, positive: Tensor, v: Tensor, e: Tensor):
-    """Removes the j = i term, w_self * (v, e), from the part (above or below) it is in."""
-    above, above_e, below, below_e = parts
-    w_above, w_below = w_self * positive, w_self * ~positive
-    above.sub_(w_above.unsqueeze(-1) * v)
-    below.sub_(w_below.unsqueeze(-1) * v)
-    above_e.sub_(w_above * e)
-    below_e.sub_(w_below * e)
+def _column_blocks(n: int, f: int) -> list[slice]:
+    width = max(1, min(f, _BLOCK_ENTRIES // max(n, 1)))
+    return [slice(start, min(start + width, f)) for start in range(0, f, width)]
+
+
+class _SplitSums:
+    r"""Sums over the keys above and at most each query, by one sort and cumulative sums:
+    :math:`\sum_{r: k_r > q} w^+_r \mathbf{v}_r` and :math:`\sum_{r: k_r \le q} w^-_r
+    \mathbf{v}_r` for every query :math:`q`, for any number of value columns."""
+
+    def __init__(self, keys: Tensor, queries: Tensor, w_pos: Tensor, w_neg: Tensor):
+        n = keys.numel()
+        sorted_keys, order = keys.sort()
+        split = torch.searchsorted(sorted_keys, queries, right=True)  # number of keys <= q
+        # The largest keys first (sums above q), then the smallest (sums up to q).
+        reverse = order.flip(0)
+        self.passes = (
+            (reverse, w_pos.index_select(0, reverse), n - split),
+            (order, w_neg.index_select(0, order), split),
+        )
+        self.n = n
+
+    def __call__(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """(above, below) of [n] or [n, C] values: [Q] or [Q, C]."""
+        if values.dim() == 1:
+            return tuple(
+                F.pad((values.index_select(0, index) * weight).cumsum(0), (1, 0))[rows]
+                for index, weight, rows in self.passes
+            )
+        # One [n + 1, C] buffer, a zero row first: row r holds the sum of the first r terms.
+        buf = values.new_empty(self.n + 1, values.size(1))
+        buf[0] = 0.0
+        out = []
+        for index, weight, rows in self.passes:
+            torch.index_select(values, 0, index, out=buf[1:])
+            buf[1:].mul_(weight.unsqueeze(-1))
+            buf.cumsum_(0)
+            out.append(buf.index_select(0, rows))
+        return out[0], out[1]
+
+
+def _take_self_term(above: Tensor, below: Tensor, w_self: Tensor, positive: Tensor, v: Tensor):
+    """Removes the j = i term, w_self * v, from the part (above or below) it is in."""
+    if v.dim() == 2:
+        w_self, positive = w_self.unsqueeze(-1), positive.unsqueeze(-1)
+    above.sub_(w_self * positive * v)
+    below.sub_(w_self * ~positive * v)
+
+
+class _ForwardSums:
+    """The forward pass's sums over the sources, for any block of h's columns: the positive
+    and negative parts of sum_j exp(e_ij - m_i) v_j (eq. 5's numerator and normaliser)."""
+
+    def __init__(self, s: Tensor, t: Tensor, loop: Tensor | None, slope: float):
+        top = t.max()
+        m = _leaky(s + top, slope)  # the row maximum of e_ij (eq. 4): LeakyReLU is monotone
+        # Positive part (s_i + t_j > 0): exp(e_ij - m_i) = exp(t_j - top), since m_i = s_i + top
+        # there. Negative: exp(slope (t_j - top)) * exp(slope (s_i + top) - m_i). All <= 1.
+        self.sums = _SplitSums(t, -s, torch.exp(t - top), torch.exp(slope * (t - top)))
+        self.f_neg = torch.exp(slope * (s + top) - m)
+        self.self_term = None
+        if loop is not None:
+            e_self = s + t
+            self.self_term = (torch.exp(_leaky(e_self, slope) - m) * ~loop, e_self > 0)
+
+    def __call__(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        above, below = self.sums(values)
+        below.mul_(self.f_neg if values.dim() == 1 else self.f_neg.unsqueeze(-1))
+        if self.self_term is not None:
+            _take_self_term(above, below, *self.self_term, values)
+        return above, below
 
 
 class _SortedAttention(torch.autograd.Function):
-    """out = B h over the complete graph (eq. 4-6); forward and backward by sorted sums.
+    """out = B h over the complete graph (eq. 4-6); forward and backward by sorted sums, over
+    blocks of h's columns.
 
     The backward pass sorts the targets by s and aggregates the gradient from targets to
-    sources in the same way. Saved: h, s, t, two [N, F] and three [N] tensors.
+    sources in the same way. Saved: h, s, t, three [N] tensors, and the two [N, F] parts of
+    the forward's sums unless h is large (then the backward pass recomputes them).
     """
 
     @staticmethod
     def forward(
         ctx, h: Tensor, s: Tensor, t: Tensor, loop: Tensor | None, slope: float, acc: torch.dtype
     ):
-        s64, t64, values = s.to(acc), t.to(acc), h.to(acc)
-        top = t64.max()
-        m = _leaky(s64 + top, slope)  # the row maximum of e_ij (eq. 4): LeakyReLU is monotone
-        # Positive part (s_i + t_j > 0): exp(e_ij - m_i) = exp(t_j - top), since m_i = s_i + top
-        # there. Negative part: exp(slope (t_j - top)) * exp(slope (s_i + top) - m_i). All <= 1.
-        parts = _split_sums(
-            t64, values, torch.ones_like(t64), torch.exp(t64 - top),
-            torch.exp(slope * (t64 - top)), -s64,
-        )  # fmt: skip
-        f_neg = torch.exp(slope * (s64 + top) - m)
-        parts[2].mul_(f_neg.unsqueeze(-1))
-        parts[3].mul_(f_neg)
-        if loop is not None:
-            e_self = s64 + t64
-            w_self = torch.exp(_leaky(e_self, slope) - m) * ~loop
-            _take_self_terms(parts, w_self, e_self > 0, values, torch.ones_like(t64))
-        above, above_z, below, below_z = parts
+        n, f = h.shape
+        s64, t64 = s.to(acc), t.to(acc)
+        sums = _ForwardSums(s64, t64, loop, slope)
+        above_z, below_z = sums(torch.ones_like(t64))
         z = above_z + below_z  # eq. 5's normaliser, >= 1 (the row maximum's term is 1)
-        p = above.div_(z.unsqueeze(-1))  # sum_j alpha_ij h_j over s_i + t_j > 0 ...
-        q = below.div_(z.unsqueeze(-1))  # ... and over the rest
         beta = 1.0 / z if loop is None else loop / z  # eq. 6: max_k alpha_ik = 1 / Z_i
-        out = torch.add(p, q).addcmul_(beta.unsqueeze(-1), values)
+        keep = n * f <= _RECOMPUTE_ENTRIES
+        out = torch.empty_like(h)
+        p = torch.empty_like(h) if keep else None
+        q = torch.empty_like(h) if keep else None
+        for cols in _column_blocks(n, f):
+            values = h[:, cols].to(acc)
+            above, below = sums(values)
+            above.div_(z.unsqueeze(-1))  # sum_j alpha_ij h_j over s_i + t_j > 0 ...
+            below.div_(z.unsqueeze(-1))  # ... and over the rest
+            out[:, cols] = torch.add(above, below).addcmul_(beta.unsqueeze(-1), values)
+            if keep:
+                p[:, cols], q[:, cols] = above, below
 
-        ctx.slope, ctx.acc = slope, acc
-        ctx.save_for_backward(h, s, t, loop, z, p.to(h.dtype), q.to(h.dtype), above_z / z,
-                              below_z / z)  # fmt: skip
-        return out.to(h.dtype)
+        ctx.slope, ctx.acc, ctx.keep = slope, acc, keep
+        ctx.save_for_backward(h, s, t, loop, z, above_z / z, below_z / z, p, q)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        h, s, t, loop, z, p, q, p_z, q_z = ctx.saved_tensors
+        h, s, t, loop, z, p_z, q_z, p, q = ctx.saved_tensors
         slope, acc = ctx.slope, ctx.acc
-        g, h64, p, q = grad.to(acc), h.to(acc), p.to(acc), q.to(acc)
+        n, f = h.shape
         s64, t64 = s.to(acc), t.to(acc)
         beta = 1.0 / z if loop is None else loop / z
-        g_self = _rowdot(g, h64)  # dL/d beta_i (eq. 6's self term)
-        g_p, g_q = _rowdot(g, p), _rowdot(g, q)
+        blocks = _column_blocks(n, f)
+        # Row dot products with g, in h's dtype (no full-width copy in acc).
+        g_self = _rowdot(grad, h).to(acc)  # dL/d beta_i (eq. 6's self term)
+        if ctx.keep:
+            g_p, g_q = _rowdot(grad, p).to(acc), _rowdot(grad, q).to(acc)
+        else:  # the forward's parts again, block by block
+            sums = _ForwardSums(s64, t64, loop, slope)
+            g_p, g_q = torch.zeros_like(z), torch.zeros_like(z)
+            for cols in blocks:
+                above, below = sums(h[:, cols].to(acc))
+                g_block = grad[:, cols].to(acc)
+                g_p += _rowdot(g_block, above) / z
+                g_q += _rowdot(g_block, below) / z
+            del sums
         del p, q
 
         # Softmax backward: dL/de_ij = alpha_ij (gamma_ij - sum_k alpha_ik gamma_ik) with
@@ -257,35 +312,50 @@ class _SortedAttention(torch.autograd.Function):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             # From targets to sources: for source j, the targets with s_i + t_j > 0 are those
             # with the largest s. Weights w_ij = exp(e_ij - m_i) split as (per source) x
-            # (per target), each <= 1, as in the forward pass.
-            # Rows [g_i / Z_i, c_i / Z_i]: the 1 / Z_i goes into the per-target weights, so no
-            # scaled copy of g is made.
-            c = g_p + g_q + g_self * beta  # sum_k alpha_ik gamma_ik
+            # (per target), each <= 1, as in the forward pass; rows [g_i, c_i] / Z_i, the
+            # 1 / Z_i in the per-target weights.
             inv_z = 1.0 / z
-            parts = _split_sums(
-                s64, g, c, torch.exp(s64 + top - m) * inv_z,
-                torch.exp(slope * (s64 + top) - m) * inv_z, -t64,
+            sums = _SplitSums(
+                s64, -t64, torch.exp(s64 + top - m) * inv_z,
+                torch.exp(slope * (s64 + top) - m) * inv_z,
             )  # fmt: skip
             b_pos, b_neg = torch.exp(t64 - top), torch.exp(slope * (t64 - top))
-            for part, b in zip(parts, (b_pos, b_pos, b_neg, b_neg), strict=True):
-                part.mul_(b.unsqueeze(-1) if part.dim() == 2 else b)
+            self_term = None
             if loop is not None:
                 e_self = s64 + t64
                 w_self = torch.exp(_leaky(e_self, slope) - m) * ~loop * inv_z
-                _take_self_terms(parts, w_self, e_self > 0, g, c)
-            above, above_c, below, below_c = parts
+                self_term = (w_self, e_self > 0)
+
+            def parts(values: Tensor) -> tuple[Tensor, Tensor]:
+                above, below = sums(values)
+                wide = values.dim() == 2
+                above.mul_(b_pos.unsqueeze(-1) if wide else b_pos)
+                below.mul_(b_neg.unsqueeze(-1) if wide else b_neg)
+                if self_term is not None:
+                    _take_self_term(above, below, *self_term, values)
+                return above, below
+
+            c = g_p + g_q + g_self * beta  # sum_k alpha_ik gamma_ik
+            above_c, below_c = parts(c)
+            grad_t = -(above_c + slope * below_c)
+            if ctx.needs_input_grad[0]:
+                grad_h = torch.empty_like(h)
+            for cols in blocks:
+                g_block = grad[:, cols].to(acc)
+                above, below = parts(g_block)
+                h_block = h[:, cols].to(acc)
+                grad_t += _rowdot(h_block, above) + slope * _rowdot(h_block, below)
+                if grad_h is not None:
+                    grad_h[:, cols] = above.add_(below).addcmul_(beta.unsqueeze(-1), g_block)
             if ctx.needs_input_grad[2]:
-                grad_t = (
-                    _rowdot(h64, above) + slope * _rowdot(h64, below) - (above_c + slope * below_c)
-                )
                 # eq. 6's max_k alpha_ik is alpha_iT for the sources T with the largest t: its
                 # gradient reaches t_T directly too, split evenly between ties.
                 is_top = t64 == top
                 lr_top = slope + (1.0 - slope) * top_positive.to(acc)  # LeakyReLU'(s_i + max t)
                 tie_share = (g_self * beta * lr_top).sum()
                 grad_t = (grad_t + is_top * (tie_share / is_top.sum())).to(t.dtype)
-            if ctx.needs_input_grad[0]:
-                grad_h = above.add_(below).addcmul_(beta.unsqueeze(-1), g).to(h.dtype)
+            else:
+                grad_t = None
         grad_s = grad_s.to(s.dtype) if ctx.needs_input_grad[1] else None
         return grad_h, grad_s, grad_t, None, None, None
 
@@ -318,6 +388,35 @@ def _attention_rows(
     if h is None:
         return alpha + self_pair * top.unsqueeze(-1)
     return alpha @ h + top.unsqueeze(-1) * h.index_select(0, rows)
+
+
+class _UnitRows(torch.autograd.Function):
+    """x / max(|x|, eps) row-wise, as :func:`torch.nn.functional.normalize`, with a backward
+    pass that makes one [N, d] tensor (autograd's division makes three at once, the peak of
+    the complete layer at N = 10^6)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float):
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        denom = norm.clamp_min(eps)
+        x_hat = x / denom
+        ctx.save_for_backward(x_hat, denom, norm > eps)
+        return x_hat
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x_hat, denom, scaled = ctx.saved_tensors
+        # d(x / |x|) = (g - x_hat (x_hat . g)) / |x|; below eps the denominator is constant.
+        along = _rowdot(x_hat, grad).unsqueeze(-1) * scaled
+        return torch.addcmul(grad, x_hat, along, value=-1.0).div_(denom), None
+
+
+def unit_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """The unit features of eq. 7 (zero rows stay zero), memory-lean in backward."""
+    if is_compiling() or not x.requires_grad:
+        return F.normalize(x, p=2.0, dim=-1, eps=eps)
+    return _UnitRows.apply(x, eps)
 
 
 # The fixed graph A ------------------------------------------------------------------------

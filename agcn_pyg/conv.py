@@ -30,6 +30,7 @@ from agcn_pyg.complete import (
     SparseAdjacency,
     adjacency_matmul,
     complete_attention,
+    unit_rows,
 )
 
 
@@ -668,17 +669,19 @@ class AdaptiveGCNConv(MessagePassing):
         with torch.autocast(x.device.type, enabled=False):  # in at least float32
             dtype = torch.promote_types(h.dtype, torch.float32)
             x, h = x.to(dtype), h.to(dtype)
+            # The terms are summed in place into A h (a fresh tensor no backward needs): one
+            # [N, F] buffer less per term at N = 10^6.
             out = adjacency_matmul(adj, h)  # A (eq. 3), a sparse product
             if self.attention:
-                out = out + self._complete_attention(x, h, adj.has_loop)  # eq. 4-6
+                out.add_(self._complete_attention(x, h, adj.has_loop))  # eq. 4-6
             if self.similarity:
-                x_hat = self._unit_features(x, x)[0]
-                out = out + x_hat @ (x_hat.t() @ h)  # eq. 7, as x_hat (x_hat^T H)
+                x_hat = unit_rows(x)  # F.normalize, with a leaner backward
+                out.addmm_(x_hat, x_hat.t() @ h)  # eq. 7, as x_hat (x_hat^T H)
                 if adj.has_loop is not None:  # c_ii only for nodes with a self-loop
                     c_ii = x_hat.pow(2).sum(dim=-1) * ~adj.has_loop
-                    out = out - c_ii.unsqueeze(-1) * h
-        if self.bias is not None:
-            out = out + self.bias
+                    out.sub_(c_ii.unsqueeze(-1) * h)
+            if self.bias is not None:
+                out.add_(self.bias)
         if return_attention_weights:
             return out, sum(m for m in matrices if m is not None)
         return out

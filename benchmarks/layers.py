@@ -105,6 +105,22 @@ LAYERS: dict[str, Layer] = {
         lambda i, o: AdaptiveGCNConv(i, o, complete=True),
         sparse_a=True,
     ),
+    # The same, compiled (no graph breaks) and as CUDA graphs: the complete path is ~150 small
+    # kernels, launch-bound on a GPU up to N ~ 10^4. Only with --layers.
+    "agcn_complete_compile": Layer(
+        "AdaptiveGCNConv (complete, sparse A, compiled)",
+        False,
+        lambda i, o: AdaptiveGCNConv(i, o, complete=True),
+        compile=True,
+        sparse_a=True,
+    ),
+    "agcn_complete_cudagraph": Layer(
+        "AdaptiveGCNConv (complete, sparse A, CUDA graphs)",
+        False,
+        lambda i, o: AdaptiveGCNConv(i, o, complete=True),
+        compile="reduce-overhead",
+        sparse_a=True,
+    ),
     "agcn_dense_compile": Layer(
         "AdaptiveGCNConv (dense, compiled)", True, AdaptiveGCNConv, compile=True
     ),

@@ -89,6 +89,38 @@ def test_scores_of_100(loops):
     assert rel(got, want) < 1e-12
 
 
+def test_column_blocks_and_recomputed_backward(monkeypatch):
+    """Large h is summed in column blocks and its backward recomputes the forward's parts
+    instead of keeping them: the same numbers (here forced at a small size)."""
+    import agcn_pyg.complete as complete
+
+    monkeypatch.setattr(complete, "_BLOCK_ENTRIES", 41 * 2)  # blocks of 2 columns
+    monkeypatch.setattr(complete, "_RECOMPUTE_ENTRIES", 10)
+    for has_loop in (None, torch.arange(41) % 3 > 0):
+        h, s_dst, s_src = inputs(41, 5, ties=True, zeros=True)
+        out = complete_attention(h, s_dst, s_src, 0.2, has_loop)
+        ref = dense_attention(h, s_dst, s_src, 0.2, has_loop)
+        assert rel(out, ref) < 1e-12
+        grad = torch.randn_like(ref)
+        got = torch.autograd.grad(out, (h, s_dst, s_src), grad)
+        want = torch.autograd.grad(ref, (h, s_dst, s_src), grad)
+        for a, b in zip(got, want, strict=True):
+            assert rel(a, b) < 1e-9
+
+
+def test_unit_rows_equal_normalize():
+    from agcn_pyg.complete import unit_rows
+
+    x = torch.randn(20, 5, dtype=torch.float64)
+    x[3], x[7] = 0.0, 1e-14  # a zero row and one below eps: cos = 0, as F.normalize does
+    x.requires_grad_()
+    grad = torch.randn(20, 5, dtype=torch.float64)
+    out, want = unit_rows(x), F.normalize(x, dim=-1)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    got = torch.autograd.grad(out, x, grad)[0]
+    torch.testing.assert_close(got, torch.autograd.grad(want, x, grad)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_gradcheck():
     h, s_dst, s_src = inputs(9, 3, seed=3)
     has_loop = torch.tensor([True, False] * 4 + [False])
