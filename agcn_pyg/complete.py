@@ -190,16 +190,41 @@ class _SplitSums:
                 F.pad((values.index_select(0, index) * weight).cumsum(0), (1, 0))[rows]
                 for index, weight, rows in self.passes
             )
-        # One [n + 1, C] buffer, a zero row first: row r holds the sum of the first r terms.
-        buf = values.new_empty(self.n + 1, values.size(1))
-        buf[0] = 0.0
+        # One [n + 1, C] buffer, a zero row first: row r holds the sum of the first r terms
+        # (rows padded to whole blocks for the blocked scan; the padding comes last).
+        rows_total = self.n + 1
+        block = _scan_block(rows_total, values.device)
+        padded = -(-rows_total // block) * block
+        storage = values.new_zeros(padded, values.size(1))
+        buf = storage[:rows_total]
         out = []
         for index, weight, rows in self.passes:
             torch.index_select(values, 0, index, out=buf[1:])
             buf[1:].mul_(weight.unsqueeze(-1))
-            buf.cumsum_(0)
+            _cumsum_rows_(storage, block)
             out.append(buf.index_select(0, rows))
         return out[0], out[1]
+
+
+def _scan_block(rows: int, device: torch.device) -> int:
+    """Rows per block of the cumulative sum over dim 0: all of them on the CPU; about
+    sqrt(rows) elsewhere. CUDA scans a non-innermost dimension with one thread per column,
+    sequentially over every row (10^6 dependent steps at N = 10^6); in blocks it is two
+    scans of about sqrt(N) steps each, with N / block times more threads."""
+    if device.type == "cpu" or rows <= 1024:
+        return rows
+    return 1 << ((rows - 1).bit_length() + 1) // 2  # a power of two >= sqrt(rows)
+
+
+def _cumsum_rows_(buf: Tensor, block: int) -> None:
+    """In-place cumulative sum over dim 0 of [rows, C], rows a multiple of block."""
+    if block >= buf.size(0):
+        buf.cumsum_(0)
+        return
+    blocks = buf.view(-1, block, buf.size(1))
+    blocks.cumsum_(1)  # within each block
+    offsets = blocks[:-1, -1].cumsum(0)  # the sum of every block before the next one
+    blocks[1:].add_(offsets.unsqueeze(1))
 
 
 def _take_self_term(above: Tensor, below: Tensor, w_self: Tensor, positive: Tensor, v: Tensor):

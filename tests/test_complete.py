@@ -90,12 +90,15 @@ def test_scores_of_100(loops):
 
 
 def test_column_blocks_and_recomputed_backward(monkeypatch):
-    """Large h is summed in column blocks and its backward recomputes the forward's parts
-    instead of keeping them: the same numbers (here forced at a small size)."""
+    """Large h is summed in column blocks, its backward recomputes the forward's parts instead
+    of keeping them, and on a GPU the scans run in blocks of rows: the same numbers (here
+    forced at a small size on the CPU)."""
     import agcn_pyg.complete as complete
 
     monkeypatch.setattr(complete, "_BLOCK_ENTRIES", 41 * 2)  # blocks of 2 columns
     monkeypatch.setattr(complete, "_RECOMPUTE_ENTRIES", 10)
+    # and the GPU's blocked scan over rows (blocks of 8 of the 42 rows)
+    monkeypatch.setattr(complete, "_scan_block", lambda rows, device: 8)
     for has_loop in (None, torch.arange(41) % 3 > 0):
         h, s_dst, s_src = inputs(41, 5, ties=True, zeros=True)
         out = complete_attention(h, s_dst, s_src, 0.2, has_loop)
