@@ -8,9 +8,9 @@ threshold). Two datasets, both built here with no download:
   (:func:`agcn_pyg.make_synthetic_coco`), trained with the demo's recipe: resnet10t at 64 px,
   ASL (4, 0, 0.05), Adam 3e-4 + OneCycle, EMA 0.98, RandAugment + Cutout.
 * ``digits`` — real handwritten digits (scikit-learn's bundled ``load_digits``, 1,797 scans of
-  8x8 px) pasted into 3x3 collages of 32 px, shown at 64 px, whose digit sets are correlated ("scenes" of
-  digits that appear together, plus random extras), jittered, partly erased and noisy; the
-  label set is the set of digits in the collage. Training and validation collages draw on
+  8x8 px) pasted into 3x3 collages of 32 px, shown at 64 px, whose digit sets are correlated
+  ("scenes" of digits that appear together, plus random extras), jittered, partly erased and
+  noisy; the label set is the set of digits in the collage. Training and validation collages draw on
   disjoint digit scans. Same model and recipe, no augmentation.
 
 Usage (about 1.5 to 3 minutes a run on 2 CPU cores)::

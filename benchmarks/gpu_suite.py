@@ -76,11 +76,16 @@ def layer_steps(a: argparse.Namespace, out: Path) -> list[Step]:
 
 
 def scale_steps(a: argparse.Namespace, out: Path) -> list[Step]:
-    """The complete-graph ``scale`` sweep, N = 80 ... 10^6 with a sparse A (fp32)."""
-    if not _layers_has_scale() or a.quick:  # layers.py --quick already covers its plumbing
+    """The complete-graph ``scale`` sweep, N = 80 ... 10^6 with a sparse A (fp32), then the
+    complete path compiled and as CUDA graphs where it is launch-bound (N = 2000, 10 000)."""
+    if a.quick:  # layers.py --quick already covers its plumbing
         return []
-    return [Step("layers-scale", [*_layers_base(a), "--dtype", "fp32", "--shapes", "scale",
-                                  "--out", str(out / "layers-scale")], 180)]
+    base = [*_layers_base(a), "--dtype", "fp32", "--shapes", "scale"]
+    graphs = "agcn_complete,agcn_complete_compile,agcn_complete_cudagraph,dense_gat"
+    return [Step("layers-scale", [*base, "--out", str(out / "layers-scale")], 180),
+            Step("layers-scale-graphs", [*base, "--compile", "--scale-sizes", "2000,10000",
+                                         "--layers", graphs,
+                                         "--out", str(out / "layers-scale-graphs")], 150)]
 
 
 def layer_extra_steps(a: argparse.Namespace, out: Path) -> list[Step]:
@@ -101,11 +106,6 @@ def _layers_base(a: argparse.Namespace) -> list[str]:
     base = [PY, "benchmarks/layers.py", "--device", a.device, "--repeats", str(a.repeats),
             "--warmup", str(a.warmup)]
     return [*base, "--quick", "--threads", "1"] if a.quick else base
-
-
-def _layers_has_scale() -> bool:
-    """The complete-graph ``scale`` sweep (O(N log N) path), once layers.py has it."""
-    return '"scale"' in (ROOT / "benchmarks" / "layers.py").read_text()
 
 
 def model_steps(a: argparse.Namespace, out: Path) -> list[Step]:

@@ -6,7 +6,7 @@ PyG's), so it does not depend on which card ran it. The bars are issue #13's:
 * dense ``AdaptiveGCNConv`` forward+backward <= 1.0x ``DenseGATConv`` at N = 500, 2000, 10 000
   and <= 1.25x at N = 80 (complete graph, 1024 -> 2048);
 * the complete-graph path with a sparse A <= 0.2x ``DenseGATConv`` at N = 10 000, and
-  N = 10^6 within 10 GiB (the ``scale`` sweep, when ``layers.py`` has it);
+  N = 10^6 within 10 GiB (the ``scale`` sweep; also compiled and as CUDA graphs at N = 10 000);
 * the ``edge_index`` path <= 1.3x ``GATConv`` (heads=1) on the sparse graphs;
 * the ML-AGCN head <= 2 % of a training step and <= 0.5 % of inference against the linear head.
 
@@ -75,14 +75,22 @@ def edge_targets(out: Path) -> list[dict]:
 
 
 def scale_targets(out: Path) -> list[dict]:
+    rows = []
+    for run, layer in (("layers-scale", "agcn_complete"),
+                       ("layers-scale-graphs", "agcn_complete_compile"),
+                       ("layers-scale-graphs", "agcn_complete_cudagraph")):
+        data = read_rows(out / run / "layers.csv")
+        if data or run == "layers-scale":
+            ratio = _ratio(_ms(data, layer, "scale", "scale", SCALE_N),
+                           _ms(data, "dense_gat", "scale", "scale", SCALE_N))
+            rows.append(_row("complete path (sparse A) vs DenseGATConv",
+                             f"{run}, {layer}, N={SCALE_N}", ratio, SCALE_BAR))
     data = read_rows(out / "layers-scale" / "layers.csv")
-    ratio = _ratio(_ms(data, "agcn_complete", "scale", "scale", SCALE_N),
-                   _ms(data, "dense_gat", "scale", "scale", SCALE_N)) if data else None
     huge = next((r for r in data if r["layer"] == "agcn_complete" and int(r["n"]) == HUGE_N
                  and r["status"] == "ok" and r["fwd_bwd_mem_mib"]), None)
     gib = float(huge["fwd_bwd_mem_mib"]) / 1024 if huge else None
-    return [_row("complete path (sparse A) vs DenseGATConv", f"N={SCALE_N}", ratio, SCALE_BAR),
-            _row("complete path (sparse A) peak memory", f"N={HUGE_N}", gib, HUGE_GIB, " GiB")]
+    return [*rows, _row("complete path (sparse A) peak memory", f"N={HUGE_N}", gib, HUGE_GIB,
+                        " GiB")]
 
 
 def head_targets(out: Path) -> list[dict]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -31,13 +30,7 @@ import time
 import torch
 
 from agcn_pyg import asymmetric_loss, build_transforms, count_parameters, train
-from agcn_pyg.checkpoint import (
-    CheckpointWriteError,
-    ModelSpec,
-    atomic_write,
-    load_checkpoint,
-    model_config,
-)
+from agcn_pyg.checkpoint import CheckpointWriteError, ModelSpec, load_checkpoint, model_config
 from agcn_pyg.distributed import all_gather_object, cleanup, init_distributed, on_main
 from agcn_pyg.label_graph import ADJACENCY_KINDS, DEFAULT_ADJACENCY
 from agcn_pyg.metrics import TABLE_COLUMNS, format_table, threshold_rows
@@ -191,11 +184,7 @@ def run_evaluate(args, explicit: set[str], info, say) -> int:
         rows.update(threshold_rows(k, {**m, "Params (M)": params[k] / 1e6}))
     say(format_table(rows, ("Params (M)", *TABLE_COLUMNS)))
     if "output" in explicit and info.is_main:
-        out = os.path.join(args.output, "eval.json")
-        with atomic_write(out, "w") as f:
-            json.dump(train.json_safe({"checkpoint": args.evaluate, "params": params,
-                                       "metrics": results}), f, indent=1)
-        say(f"Wrote {out}")
+        say(f"Wrote {train.RunFolder(args.output).save_eval(args.evaluate, params, results)}")
     return 0
 
 
@@ -222,14 +211,13 @@ def prepare_run(args, explicit: set[str], info, say):
         raise ValueError(f"--sched-epochs {args.sched_epochs} is less than --epochs {args.epochs}")
     on_main(folder.claim, resume is not None, args.overwrite)  # every rank stops if refused
     if args.demo:
+        root = os.path.join(args.output, "data")
         spec = dict(num_train=args.demo_train, num_val=args.demo_val, image_size=args.img_size,
                     num_labels=args.demo_labels, seed=args.seed)
-        on_main(train.make_demo_data, os.path.join(args.output, "data"), spec)
-        paths = train.make_demo_data(os.path.join(args.output, "data"), spec, write=False)
+        on_main(train.make_demo_data, root, spec)
+        paths = train.make_demo_data(root, spec, write=False)
         vars(args).update({k: v for k, v in vars(paths).items() if v is not None})
-        say(f"{'=' * 78}\nDEMO on a small SYNTHETIC dataset (coloured shapes), {args.model} at "
-            f"{args.img_size}px on {info.device.type}; its numbers say nothing about COCO.\n"
-            f"Pass --data (or --train-ann ...) to train on real data.\n{'=' * 78}")
+        say(train.demo_banner(args.model, args.img_size, info.device.type))
     elif not args.pretrained and resume is None:
         say("Note: no --pretrained weights: the backbone starts from random initialisation "
             "and will not reach the paper's numbers (ML-AGCN fine-tunes an ImageNet-"
@@ -345,14 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         say(f"Output: {args.output}")
         return trainer.fit()
-    except CheckpointWriteError as e:  # raised on every rank
-        say(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    except train.NonFiniteLossError as e:  # each rank names what it saw
-        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
+    except (CheckpointWriteError, train.NonFiniteLossError) as e:
+        if info.is_main or isinstance(e, train.NonFiniteLossError):  # each rank names its NaN
+            print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
         cleanup()
+
 
 if __name__ == "__main__":
     sys.exit(main())

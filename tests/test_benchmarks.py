@@ -124,3 +124,26 @@ def test_default_out_dir_never_reuses_a_folder(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------
 # benchmarks/model.py (tests go here)
 # ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_complete_bar_quick(tmp_path):
+    """complete_bar.py --quick measures every target of issue 9's bar (no verdicts at these
+    sizes); the float64 comparison with the dense path is within the bar at any size."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "complete_bar.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = (tmp_path / "bar.md").read_text().splitlines()
+    rows = [line.strip("|").split(" | ") for line in lines if line.startswith("| ")][1:]
+    assert len(rows) == 11, rows
+    verdicts = {row[3].strip() for row in rows}
+    assert verdicts == {"n/a (--quick)", "(for reference)"}
+    exact = next(row for row in rows if row[0].startswith("exact"))
+    assert float(exact[1]) <= 1e-9
+    for sub in ("n2000", "n5000"):
+        with open(tmp_path / sub / "layers.csv", newline="") as f:
+            assert all(r["status"] == "ok" for r in csv.DictReader(f))

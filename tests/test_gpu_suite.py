@@ -105,6 +105,11 @@ def test_scale_targets_from_csv(tmp_path):
         row("agcn_complete", 10000, 1.0), row("dense_gat", 10000, 10.0),  # 0.1 <= 0.2: PASS
         row("agcn_complete", 1000000, 50.0, 12 * 1024),                   # 12 GiB > 10: MISS
     ])
-    got = {r["target"]: r["result"] for r in gpu_targets.scale_targets(tmp_path)}
-    assert got == {"complete path (sparse A) vs DenseGATConv": "PASS",
-                   "complete path (sparse A) peak memory": "MISS"}
+    _write(tmp_path / "layers-scale-graphs" / "layers.csv", [
+        row("agcn_complete_compile", 10000, 3.0), row("dense_gat", 10000, 10.0),  # 0.3: MISS
+    ])                                                   # no CUDA-graph row (cut off): n/a
+    got = {r["case"]: r["result"] for r in gpu_targets.scale_targets(tmp_path)}
+    assert got == {"layers-scale, agcn_complete, N=10000": "PASS",
+                   "layers-scale-graphs, agcn_complete_compile, N=10000": "MISS",
+                   "layers-scale-graphs, agcn_complete_cudagraph, N=10000": "n/a",
+                   "N=1000000": "MISS"}

@@ -151,7 +151,8 @@ def test_infer_adjacency_kind():
     graph = LabelGraph.from_labels(torch.tensor(LABELS))
     for kind in ("cooccurrence", "normalized", "row_normalized"):
         assert infer_adjacency_kind(graph.adjacency(kind)) == kind
-    assert infer_adjacency_kind(3 * torch.rand(4, 4, generator=torch.Generator().manual_seed(0))) is None
+    unrelated = 3 * torch.rand(4, 4, generator=torch.Generator().manual_seed(0))
+    assert infer_adjacency_kind(unrelated) is None
 
 
 def test_probability_from_adjacency_rejects_mlgcn():

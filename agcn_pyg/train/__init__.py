@@ -31,6 +31,7 @@ from agcn_pyg.train.config import (
 from agcn_pyg.train.datasets import (
     DataConfig,
     build_datasets,
+    demo_banner,
     label_graph,
     make_demo_data,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "capture_rng_state",
     "checkpoint_models",
     "config_file_argv",
+    "demo_banner",
     "derive_seed",
     "evaluate",
     "evaluate_checkpoint",

@@ -21,7 +21,7 @@ from agcn_pyg.checkpoint import atomic_write
 from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel
 from agcn_pyg.label_graph import LabelGraph
 
-__all__ = ["DataConfig", "build_datasets", "label_graph", "make_demo_data"]
+__all__ = ["DataConfig", "build_datasets", "demo_banner", "label_graph", "make_demo_data"]
 
 
 @dataclass
@@ -120,6 +120,14 @@ def make_demo_data(root: str, spec: dict[str, Any], write: bool = True) -> DataC
                       train_images=os.path.join(root, "train2017"),
                       val_ann=os.path.join(root, "annotations", "instances_val2017.json"),
                       val_images=os.path.join(root, "val2017"))
+
+
+def demo_banner(model: str, image_size: int, device_type: str) -> str:
+    """What a demo run says first: its data is synthetic and its numbers mean nothing."""
+    rule = "=" * 78
+    return (f"{rule}\nDEMO on a small SYNTHETIC dataset (coloured shapes), {model} at "
+            f"{image_size}px on {device_type}; its numbers say nothing about COCO.\n"
+            f"Pass --data (or --train-ann ...) to train on real data.\n{rule}")
 
 
 def labels_digest(train_set) -> str:

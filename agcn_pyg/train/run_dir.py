@@ -9,12 +9,14 @@ silently wrong.
   (:meth:`~RunFolder.repair_best`);
 * there is room for the checkpoints before the first epoch (:meth:`~RunFolder.
   check_free_space`);
-* the resolved configuration is kept as ``config.yaml`` (:meth:`~RunFolder.save_config`).
+* the resolved configuration is kept as ``config.yaml`` (:meth:`~RunFolder.save_config`),
+  a checkpoint's evaluation as ``eval.json`` (:meth:`~RunFolder.save_eval`).
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -119,6 +121,18 @@ class RunFolder:
         plain = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
         with atomic_write(path, "w") as f:
             yaml.safe_dump(plain, f, sort_keys=False)
+        return path
+
+    def save_eval(self, checkpoint: str, params: Mapping[str, int],
+                  metrics: Mapping[str, Any]) -> str:
+        """Writes ``eval.json``: the checkpoint evaluated, parameter counts and metrics per
+        model (non-finite metrics as ``null``)."""
+        from agcn_pyg.train.logs import json_safe
+
+        path = os.path.join(self.path, "eval.json")
+        record = {"checkpoint": checkpoint, "params": params, "metrics": metrics}
+        with atomic_write(path, "w") as f:
+            json.dump(json_safe(record), f, indent=1)
         return path
 
     def repair_best(self, last: Mapping[str, Any], say: Callable[[str], Any] = print
