@@ -12,7 +12,9 @@ The whole API, for ``benchmarks/layers.py`` and ``benchmarks/model.py``:
 * :func:`env_info`, :func:`device_tag`, :func:`default_out_dir` — what ran where;
   :func:`start_results` / :func:`finish_results` — the results folder and its ``env.json``.
 * :func:`write_csv`, :func:`markdown_table` — result tables from a list of dicts.
-* :func:`int_list`, :func:`str_list` — argparse types for comma-separated flags.
+* :func:`int_list`, :func:`str_list` — argparse types for comma-separated flags;
+  :func:`add_run_arguments` — the flags every benchmark takes (``--memory``, ``--quick``,
+  ``--threads``, ``--out``, ``--seed``).
 
 Import it from a script in ``benchmarks/`` as ``from common import ...`` (the script's folder is
 on ``sys.path``) or from the repository root as ``from benchmarks.common import ...``.
@@ -20,6 +22,7 @@ on ``sys.path``) or from the repository root as ``from benchmarks.common import 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import gc
@@ -280,6 +283,25 @@ def int_list(text: str) -> list[int]:
 def str_list(text: str) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``: an argparse type for comma-separated names."""
     return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_run_arguments(p: argparse.ArgumentParser, quick_help: str, out_help: str) -> None:
+    """Adds the flags every benchmark script takes to ``p``."""
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure peak memory (on the CPU through the profiler, one extra run)",
+    )
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for CPU runs (default: torch's choice)",
+    )
+    p.add_argument("--out", type=Path, default=None, help=f"results folder (default: {out_help})")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def start_results(

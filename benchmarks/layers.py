@@ -50,6 +50,7 @@ from torch_geometric.utils import coalesce, remove_self_loops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_run_arguments,
     finish_results,
     free_memory,
     int_list,
@@ -270,35 +271,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="run the torch.compile row (default: on, off with --quick)",
     )
     p.add_argument(
-        "--memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure peak memory (on the CPU through the profiler, one extra run)",
-    )
-    p.add_argument(
         "--max-mem-gib",
         type=float,
         default=None,
         help="skip cases estimated above this (default: 80%% of GPU memory or of available RAM)",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny CPU run for a smoke test: N=16,48, 32->64, sparse N=500 16->16",
+    add_run_arguments(
+        p,
+        "tiny CPU run for a smoke test: N=16,48, 32->64, sparse N=500 16->16",
+        "benchmarks/results/<date>-<device>/",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="results folder (default: benchmarks/results/<date>-<device>/)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads for CPU runs (default: torch's choice)",
-    )
-    p.add_argument("--seed", type=int, default=0)
     if p.parse_known_args(argv)[0].quick:  # tiny defaults; flags given explicitly still win
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_run_arguments,
     finish_results,
     free_memory,
     int_list,
@@ -174,25 +175,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="feature sizes D of the head rows; the backbone's is added (default: 2048)",
     )
     p.add_argument("--head-repeats", type=int, default=50)
-    p.add_argument(
-        "--memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure peak memory (on the CPU through the profiler, one extra step)",
+    add_run_arguments(
+        p,
+        "CPU smoke test: resnet10t, 64 px, batch 8, fp32, 5 rounds, 1 thread",
+        "benchmarks/results/<date>-<device>-model[-quick]/",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="CPU smoke test: resnet10t, 64 px, batch 8, fp32, 5 rounds, 1 thread",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on the CPU")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="results folder (default: benchmarks/results/<date>-<device>-model[-quick]/)",
-    )
-    p.add_argument("--seed", type=int, default=0)
     if p.parse_known_args(argv)[0].quick:  # small defaults; flags given explicitly still win
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)

@@ -79,7 +79,8 @@ def test_targets_from_csvs(tmp_path):
     assert got[("edge_index vs GATConv", "sparse N=10000")] == "PASS"
     assert got[("head overhead", "model: 1 layer(s), m 448 b64 bf16")] == "MISS"
     assert got[("head overhead", "model: 1 layer(s) compiled, m 448 b64 bf16")] == "PASS"
-    assert got[("complete path (sparse A) vs DenseGATConv", "N=10000")] == "n/a"
+    assert got[("complete path (sparse A) vs DenseGATConv",
+                "layers-scale, agcn_complete, N=10000")] == "n/a"
 
 
 @pytest.mark.slow
