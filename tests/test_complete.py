@@ -246,17 +246,18 @@ def label_graph(n=40, seed=0, ties=True, zeros=True):
     return x, A, edge_index, edge_weight, stored_loops
 
 
-def graph_forms(edge_index, edge_weight, n):
+def graph_forms(edge_index, edge_weight, n, sparse_tensor=False):
+    """The graph as (graph, edge_weight) in every form; SparseTensor alone with
+    ``sparse_tensor`` (the ``sparse`` tests, which CI's second step runs with torch-sparse)."""
     adj_t = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (n, n)).coalesce()
-    forms = {
+    if sparse_tensor:
+        return {"SparseTensor": (SparseTensor.from_torch_sparse_coo_tensor(adj_t), None)}
+    return {
         "edge_index": (edge_index, edge_weight),
         "coo": (adj_t, None),
         "csr": (adj_t.to_sparse_csr(), None),
         "csc": (adj_t.to_sparse_csc(), None),
     }
-    if WITH_TORCH_SPARSE:
-        forms["SparseTensor"] = (SparseTensor.from_torch_sparse_coo_tensor(adj_t), None)
-    return forms
 
 
 def grads(out, tensors, grad):
@@ -275,6 +276,20 @@ def assert_grads_equal(got, want):
 @pytest.mark.parametrize("add_self_loops", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 60.0])
 def test_complete_conv_matches_reference_every_form(add_self_loops, scale):
+    check_every_form(add_self_loops, scale)
+
+
+@pytest.mark.sparse
+@pytest.mark.parametrize("add_self_loops", [True, False])
+def test_complete_conv_matches_reference_sparse_tensor(add_self_loops):
+    if not WITH_TORCH_SPARSE:
+        pytest.skip("needs torch-sparse: pip install --no-build-isolation -e '.[sparse]'")
+    check_every_form(add_self_loops, 60.0, sparse_tensor=True)
+
+
+def check_every_form(add_self_loops, scale, sparse_tensor=False):
+    """complete=True equals eq. 3-7 over every pair (float64, values and gradients) for each
+    form of the graph, and for the dense adjacency by both ways to B."""
     x, A, edge_index, edge_weight, stored = label_graph()
     n = x.size(0)
     conv = make_complete_conv(add_self_loops=add_self_loops, scale=scale)
@@ -294,11 +309,11 @@ def test_complete_conv_matches_reference_every_form(add_self_loops, scale):
     grad = torch.randn_like(ref)
     params = [x, *conv.parameters()]
     want = grads(ref, params, grad)
-    for name, (graph, weight) in graph_forms(edge_index, edge_weight, n).items():
+    for name, (graph, weight) in graph_forms(edge_index, edge_weight, n, sparse_tensor).items():
         out = conv(x, graph, weight)
         assert rel(out, ref) < 1e-9, name
         assert_grads_equal(grads(out, params, grad), want)
-    if add_self_loops:  # a dense adjacency has every self-loop: the same graph
+    if add_self_loops and not sparse_tensor:  # a dense adjacency has every self-loop
         for min_nodes in (0, 10**9):  # the sorted B and the dense softmax
             conv.sorted_min_nodes, conv.sorted_min_ratio = min_nodes, 0.0
             out = conv(x, A_ref)
