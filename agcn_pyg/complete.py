@@ -474,6 +474,14 @@ class SparseAdjacency(NamedTuple):
             _csr(dst, src, edge_weight, num_nodes), _csr(src, dst, edge_weight, num_nodes),
         )  # fmt: skip
 
+    def to_dense(self) -> Tensor:
+        """The :obj:`[N, N]` matrix (rows = targets; duplicate edges add up), differentiable
+        in :obj:`edge_weight`."""
+        n = self.num_nodes
+        source, target = self.edge_index[0], self.edge_index[1]
+        dense = self.edge_weight.new_zeros(n, n)
+        return dense.index_put((target, source), self.edge_weight, accumulate=True)
+
     def to_torch(self) -> Tensor:
         """The :obj:`[N, N]` matrix as a :obj:`torch.sparse_csr` tensor."""
         csr = self.csr or _csr(self.edge_index[1], self.edge_index[0], self.edge_weight,

@@ -122,7 +122,8 @@ class AdaptiveGCNConv(MessagePassing):
     :math:`O(N F)` memory, exact) and :math:`\mathbf{C}` as
     :math:`\hat{\mathbf{X}}(\hat{\mathbf{X}}^{\top}\mathbf{H})`. A dense adjacency uses the
     sorted :math:`\mathbf{B}` too where that is faster (:attr:`sorted_min_nodes`; the same
-    result). Which pairs are edges:
+    result), and a small sparse graph the dense path (:attr:`dense_max_ratio`). Which pairs
+    are edges:
 
     +-----------------+---------------------------------+-----------------------------------+
     | :obj:`complete` | dense :obj:`[N, N]` adjacency   | :obj:`edge_index`, sparse         |
@@ -254,6 +255,12 @@ class AdaptiveGCNConv(MessagePassing):
     #: measured; the sorted path keeps float64 sums there).
     sorted_min_nodes: int | None = None
     sorted_min_ratio: float = 2.0
+    #: A sparse graph on the complete path takes the dense path instead (its adjacency made
+    #: dense, the same result) while :math:`N \le` :attr:`dense_max_ratio` :math:`\cdot
+    #: F_{out}` and every node has a self-loop: the dense path's passes over :obj:`[N, N]`
+    #: against the sorted path's over :obj:`[N, F]` (CPU crossover, ``benchmarks/NOTES.md``);
+    #: :obj:`0` keeps the sorted path at every size.
+    dense_max_ratio: float = 2.0
     #: The largest :math:`N^2` for which the complete path of a sparse graph returns
     #: :obj:`[N, N]` matrices (:obj:`return_attention_weights`, :meth:`graphs`).
     max_dense_entries: int = 2**26
@@ -664,6 +671,11 @@ class AdaptiveGCNConv(MessagePassing):
                 "[N, N] adjacency"
             )
         adj = self._sparse_adjacency(x, edge_index, edge_weight)
+        n = x.size(0)
+        if adj.has_loop is None and n <= self.dense_max_ratio * self.out_channels and (
+            n * n <= self.max_dense_entries
+        ):  # a small graph: [N, N] products beat the sorted path's many passes
+            return self._dense_forward(x, x, adj.to_dense(), None, False, return_attention_weights)
         matrices = self._complete_matrices(x, adj) if return_attention_weights else None
         h = self.lin(x)
         with torch.autocast(x.device.type, enabled=False):  # in at least float32

@@ -1,6 +1,8 @@
 """The complete graph in O(N log N): the sorted attention (agcn_pyg.complete) and
 AdaptiveGCNConv(complete=...) against eq. 3-7 written as dense [N, N] matrices in float64."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,6 +219,7 @@ def make_complete_conv(attention=True, similarity=True, add_self_loops=True, sca
         6, 5, attention=attention, similarity=similarity, add_self_loops=add_self_loops,
         complete=True, **kw,
     ).double()  # fmt: skip
+    conv.dense_max_ratio = 0.0  # the sorted path at every size (a small graph goes dense)
     with torch.no_grad():
         conv.bias.normal_()
         if attention:
@@ -319,6 +322,33 @@ def check_every_form(add_self_loops, scale, sparse_tensor=False):
             out = conv(x, A_ref)
             assert rel(out, ref) < 1e-9
             assert_grads_equal(grads(out, params, grad), want)
+
+
+def test_small_sparse_graph_takes_the_dense_path(monkeypatch):
+    """N <= dense_max_ratio * F_out with every self-loop: the dense path, equal to the sorted
+    path in values and in the gradients of x, the parameters and the edge weights."""
+    x, _, edge_index, edge_weight, _ = label_graph()
+    n = x.size(0)
+    sorted_conv = make_complete_conv()
+    small = copy.deepcopy(sorted_conv)
+    small.dense_max_ratio = n / small.out_channels
+    edge_weight = edge_weight.clone().requires_grad_()
+    x = x.requires_grad_()
+    grad = torch.randn(n, small.out_channels, dtype=torch.float64)
+    want, got = (
+        (conv(x, edge_index, edge_weight), [x, edge_weight, *conv.parameters()])
+        for conv in (sorted_conv, small)
+    )
+    assert rel(got[0], want[0]) < 1e-9
+    assert_grads_equal(grads(*got, grad), grads(*want, grad))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the sorted path ran")
+
+    monkeypatch.setattr(torch.Tensor, "sort", refuse)  # the sorted path sorts the scores
+    small(x, edge_index, edge_weight)
+    with pytest.raises(AssertionError, match="sorted path"):
+        sorted_conv(x, edge_index, edge_weight)
 
 
 @pytest.mark.parametrize("attention,similarity", [(True, False), (False, True)])
