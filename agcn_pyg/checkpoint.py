@@ -141,6 +141,14 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
             f"file there is intact") from e
 
 
+def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)``: no code in the file runs. Sparse tensors (a
+    sparse label graph) are checked on the way in; torch's note that it does so is dropped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Reads a file written by :func:`save_checkpoint` with ``weights_only=True``.
 
@@ -163,7 +171,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"'{path}' is not a PyTorch checkpoint (not a torch.save zip "
                               f"archive)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_tensors(path, map_location)
     except Exception as e:
         if isinstance(e, pickle.UnpicklingError) and "Weights only" in str(e):
             raise CheckpointError(

@@ -200,8 +200,11 @@ def sparse_cooccurrence_counts(labels: Any) -> tuple[Tensor, Tensor]:
     (:mod:`scipy.sparse`, :obj:`torch.sparse` or dense; any value ``> 0`` is present). Work
     and memory are :math:`O(\sum_s k_s^2)` for samples with :math:`k_s` labels."""
     y = _as_sparse_multi_hot(labels)
-    # float64 products are exact for counts below 2**53.
-    counts = torch.sparse.mm(y.t().coalesce(), y).coalesce()
+    # float64 products are exact for counts below 2**53. (torch's "CSR support is in beta"
+    # warning is about its internal CSR step, not about anything the caller can change.)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        counts = torch.sparse.mm(y.t().coalesce(), y).coalesce()
     counts = torch.sparse_coo_tensor(
         counts.indices(), counts.values().round().long(), counts.shape, check_invariants=False
     ).coalesce()
@@ -560,9 +563,9 @@ class LabelGraph:
     def load(cls, path: str | os.PathLike) -> LabelGraph:
         """Loads a file written by :meth:`save` (``weights_only=True``: no code runs). Files
         written before ``adjacency_kind`` existed load with ``adjacency_kind=None``."""
-        with warnings.catch_warnings():  # sparse counts are validated on load: not news
-            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        from agcn_pyg.checkpoint import load_tensors  # (checkpoint imports this module)
+
+        data = load_tensors(path)
         return cls(data["counts"], data["nums"], data.get("label_names"),
                    data.get("adjacency_kind"))
 

@@ -35,6 +35,7 @@ from agcn_pyg.distributed import all_gather_object, cleanup, init_distributed, o
 from agcn_pyg.label_graph import ADJACENCY_KINDS, DEFAULT_ADJACENCY
 from agcn_pyg.metrics import TABLE_COLUMNS, format_table, threshold_rows
 from agcn_pyg.node_features import load_node_features
+from agcn_pyg.train.datasets import SPARSE_GRAPH_MIN_LABELS
 from agcn_pyg.transforms import squash_data_config
 
 DATA_FLAGS = tuple(f for f in train.DataConfig.__dataclass_fields__
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g("--adj-variant", choices=ADJACENCY_KINDS, default=DEFAULT_ADJACENCY,
       help="reading of the label graph A (README 'Fidelity'): normalized = D P^T D as "
       "ML-GCN's gen_adj, cooccurrence = raw P(j|i), row_normalized, mlgcn = thresholded")
+    g("--label-graph", choices=("auto", "dense", "sparse"), default="auto",
+      help="sparse: counts and A as sparse matrices, the layers on the complete path (README "
+      f"'Label graphs of any size'); auto: sparse from {SPARSE_GRAPH_MIN_LABELS} labels on")
     g("--no-attention", action="store_true", help="ablation: drop B (eq. 4-6)")
     g("--no-similarity", action="store_true", help="ablation: drop C (eq. 7)")
     g("--drop-path", type=FRACTION, default=0.0, help="backbone drop-path rate")
@@ -240,8 +244,8 @@ def build_model(args, explicit: set[str], train_set, resume, folder, info, say):
             args.adj_variant = spec.adjacency_kind
         spec.config.setdefault("adjacency", spec.adjacency_kind)  # old ones: now recorded
         return spec.build(), spec
-    graph = train.label_graph(train_set, folder.path, info.is_main, say,
-                              adjacency_kind=args.adj_variant)
+    graph = train.label_graph(train_set, folder.path, info.is_main, say, args.adj_variant,
+                              {"auto": None, "dense": False, "sparse": True}[args.label_graph])
     adj = graph.adjacency(args.adj_variant)
     features = load_node_features(args.node_features, len(names)) if args.node_features else None
     heads = {k: False for k in ("attention", "similarity") if getattr(args, f"no_{k}")}

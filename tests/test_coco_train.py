@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from agcn_pyg import CocoMultiLabel, LabelGraph, build_transforms, make_synthetic_coco
-from agcn_pyg.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from agcn_pyg.checkpoint import (
+    load_checkpoint,
+    load_tensors,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from agcn_pyg.metrics import multilabel_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,6 +198,31 @@ def test_adj_variant_is_recorded_and_old_checkpoints_keep_their_graph(data, tmp_
     torch.testing.assert_close(resumed["adj"], state["adj"])
     assert resumed["config"]["adjacency"] == "cooccurrence"
     assert resumed["run_config"]["adj_variant"] == "cooccurrence"
+
+
+def test_sparse_label_graph_trains_like_the_dense_one(data, two_epochs, tmp_path):
+    """--label-graph sparse: counts and A stay sparse (cache, checkpoint), the layers take the
+    complete path, and the run follows the dense run of the same data (two_epochs)."""
+    out = str(tmp_path / "run")
+    assert coco_train.main([*data_flags(data), *TINY, "--epochs", "1", "--sched-epochs", "2",
+                            "--label-graph", "sparse", "--output", out]) == 0
+    state = load_checkpoint(os.path.join(out, "last.pth"))
+    dense = load_checkpoint(os.path.join(two_epochs, "last.pth"))
+    assert state["adj"].layout == torch.sparse_coo and dense["adj"].layout == torch.strided
+    torch.testing.assert_close(state["adj"].to_dense(), dense["adj"], rtol=1e-6, atol=1e-7)
+    cache = load_tensors(os.path.join(out, "label_graph.pt"))
+    assert cache["counts"].layout == torch.sparse_coo
+    model, _ = model_from_checkpoint(state)
+    assert all(conv.complete for conv in model.head.convs)
+    sparse_loss = read_log(os.path.join(out, "log.jsonl"))[0]["train_loss"]
+    dense_loss = read_log(os.path.join(two_epochs, "log.jsonl"))[0]["train_loss"]
+    assert sparse_loss == pytest.approx(dense_loss, rel=1e-4)
+    # Resumed and evaluated from the checkpoint alone, the graph stays sparse.
+    assert coco_train.main(["--resume", "auto", "--output", out, "--epochs", "2",
+                            "--no-progress", "--workers", "0"]) == 0
+    assert load_checkpoint(os.path.join(out, "last.pth"))["adj"].layout == torch.sparse_coo
+    assert coco_train.main(["--evaluate", os.path.join(out, "last.pth"), "--workers", "0",
+                            "--no-progress"]) == 0
 
 
 def _torchrun(args, timeout=240):

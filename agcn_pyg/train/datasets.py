@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agcn_pyg.checkpoint import atomic_write
+from agcn_pyg.checkpoint import atomic_write, load_tensors
 from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel
 from agcn_pyg.label_graph import LabelGraph
 
@@ -140,24 +140,38 @@ def labels_digest(train_set) -> str:
     return h.hexdigest()
 
 
+#: From this many labels on a run's label graph is sparse by default (:func:`label_graph`):
+#: one [N, N] float32 matrix is then 256 MiB or more, and the layers' complete path (sparse
+#: A, sorted B, factored C) is the faster one (README "Label graphs of any size").
+SPARSE_GRAPH_MIN_LABELS = 8192
+
+
 def label_graph(train_set, folder: str, write: bool = True, say=print,
-                adjacency_kind: str | None = None) -> LabelGraph:
+                adjacency_kind: str | None = None, sparse: bool | None = None) -> LabelGraph:
     """ML-AGCN's label graph of ``train_set``, cached as ``folder/label_graph.pt`` together
     with :func:`labels_digest`: the cache is reused only for the same training labels,
     never for other data that happens to have the same label names. ``adjacency_kind``
     (the :meth:`~agcn_pyg.LabelGraph.adjacency` reading the run builds :math:`A` with) is
-    recorded in the cache and on the returned graph; the counts do not depend on it."""
+    recorded in the cache and on the returned graph; the counts do not depend on it.
+    ``sparse``: counts and :math:`A` as sparse matrices (:math:`Y^\top Y`, no [N, N]
+    array), so the model's layers take the complete path; ``None``: from
+    :data:`SPARSE_GRAPH_MIN_LABELS` labels on."""
+    if sparse is None:
+        sparse = len(train_set.label_names) >= SPARSE_GRAPH_MIN_LABELS
     path = os.path.join(folder, "label_graph.pt")
     digest = labels_digest(train_set)
     graph = None
     if os.path.isfile(path):
         try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
+            cached = load_tensors(path)
             if cached.get("labels_sha256") == digest:
                 say(f"Label graph: reusing {path}")
-                graph = LabelGraph(cached["counts"], cached["nums"], cached["label_names"],
+                counts = cached["counts"]
+                if counts.is_sparse != sparse:  # the same counts in the other form
+                    counts = counts.to_sparse().coalesce() if sparse else counts.to_dense()
+                graph = LabelGraph(counts, cached["nums"], cached["label_names"],
                                    adjacency_kind)
-                if cached.get("adjacency_kind") == adjacency_kind:
+                if cached.get("adjacency_kind") == adjacency_kind and counts is cached["counts"]:
                     return graph
             else:
                 say(f"Label graph: {path} was computed from other training labels; "
@@ -165,9 +179,9 @@ def label_graph(train_set, folder: str, write: bool = True, say=print,
         except Exception as e:  # a damaged cache is only a cache
             say(f"Label graph: cannot read {path} ({type(e).__name__}); recomputing")
     if graph is None:
-        graph = replace(
-            LabelGraph.from_labels(train_set.labels, list(train_set.label_names)),
-            adjacency_kind=adjacency_kind)
+        labels = train_set.labels.to_sparse() if sparse else train_set.labels
+        graph = replace(LabelGraph.from_labels(labels, list(train_set.label_names)),
+                        adjacency_kind=adjacency_kind)
     if write:
         with atomic_write(path) as f:
             torch.save({"labels_sha256": digest, "counts": graph.counts, "nums": graph.nums,
