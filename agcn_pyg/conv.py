@@ -32,6 +32,22 @@ from agcn_pyg.complete import (
     complete_attention,
     unit_rows,
 )
+from agcn_pyg.conv_checks import (
+    check_complete,
+    check_dense,
+    check_dense_extras,
+    check_dtype,
+    check_edge_attr,
+    check_edge_index,
+    check_features,
+    check_finite,
+    check_in_channels,
+    check_node_dims,
+    check_pair,
+    check_pair_sizes,
+    check_sparse,
+    describe,
+)
 
 
 class AdaptiveGraphs(NamedTuple):
@@ -285,7 +301,7 @@ class AdaptiveGCNConv(MessagePassing):
     ):
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
-        in_src, in_dst = _check_in_channels(in_channels, similarity, share_weights)
+        in_src, in_dst = check_in_channels(in_channels, similarity, share_weights)
         if edge_dim is not None and not attention:
             raise ValueError(
                 f"'edge_dim' needs attention=True: edge features enter eq. 4's attention "
@@ -379,7 +395,7 @@ class AdaptiveGCNConv(MessagePassing):
         """
         x_src, x_dst, bipartite = self._node_features(x, edge_attr)
         if _is_dense_adjacency(edge_index):
-            _check_dense_extras(edge_weight, edge_attr)
+            check_dense_extras(edge_weight, edge_attr)
             if self.complete is False:  # the non-zero entries are the edges (DenseGATConv)
                 return self._masked_dense_forward(
                     x_src, x_dst, edge_index, mask, bipartite, return_attention_weights
@@ -390,10 +406,10 @@ class AdaptiveGCNConv(MessagePassing):
         if mask is not None:
             raise ValueError(
                 "'mask' marks the padded nodes of a dense batch and needs a dense adjacency "
-                f"'edge_index' (got {_describe(edge_index)})"
+                f"'edge_index' (got {describe(edge_index)})"
             )
         if self.complete:
-            _check_complete(bipartite, edge_attr)
+            check_complete(bipartite, edge_attr)
             return self._complete_forward(x_src, edge_index, edge_weight, return_attention_weights)
         return self._sparse_forward(
             x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite, return_attention_weights
@@ -415,14 +431,14 @@ class AdaptiveGCNConv(MessagePassing):
         training, self.training = self.training, False  # no dropout on B
         try:
             if _is_dense_adjacency(edge_index):
-                _check_dense_extras(edge_weight, edge_attr)
+                check_dense_extras(edge_weight, edge_attr)
                 if self.complete is False:
                     return AdaptiveGraphs(
                         None, *self._masked_dense_terms(x_src, x_dst, edge_index, mask, bipartite)
                     )
                 return self._dense_graphs(x_src, x_dst, edge_index, mask, bipartite)
             if self.complete:
-                _check_complete(bipartite, edge_attr)
+                check_complete(bipartite, edge_attr)
                 adj = self._sparse_adjacency(x_src, edge_index, edge_weight)
                 return AdaptiveGraphs(None, *self._complete_matrices(x_src, adj))
             graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
@@ -518,7 +534,7 @@ class AdaptiveGCNConv(MessagePassing):
     # Dense path --------------------------------------------------------------------------
 
     def _dense_forward(self, x_src, x_dst, adj, mask, bipartite, return_attention_weights):
-        mask = _check_dense(x_src, x_dst, adj, mask, bipartite)
+        mask = check_dense(x_src, x_dst, adj, mask, bipartite)
         h = self.lin(x_src)
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
@@ -582,7 +598,7 @@ class AdaptiveGCNConv(MessagePassing):
     def _masked_dense_terms(self, x_src, x_dst, adj, mask, bipartite):
         """A, B, C over the pattern of adj's non-zero entries (plus the added self-loops),
         as dense matrices, zero off the pattern: the edge_index path in matrix form."""
-        mask = _check_dense(x_src, x_dst, adj, mask, bipartite)
+        mask = check_dense(x_src, x_dst, adj, mask, bipartite)
         adj = adj.to(x_src.dtype)
         edge = adj != 0
         if self.add_self_loops and not bipartite:  # the missing ones, weight fill_value
@@ -626,7 +642,7 @@ class AdaptiveGCNConv(MessagePassing):
         return coef, x_hat
 
     def _dense_graphs(self, x_src, x_dst, adj, mask, bipartite) -> AdaptiveGraphs:
-        mask = _check_dense(x_src, x_dst, adj, mask, bipartite)
+        mask = check_dense(x_src, x_dst, adj, mask, bipartite)
         A = _mask_pairs(adj.to(x_src.dtype), mask)
         B = C = None
         if self.attention:
@@ -774,9 +790,9 @@ class AdaptiveGCNConv(MessagePassing):
         made sparse (every self-loop present, as the complete graph of a dense adjacency
         has)."""
         x, _, bipartite = self._node_features(x, None)
-        _check_complete(bipartite, None)
+        check_complete(bipartite, None)
         if _is_dense_adjacency(edge_index):
-            _check_dense(x, x, edge_index, None, False)
+            check_dense(x, x, edge_index, None, False)
             adj = edge_index
             target, source = adj.nonzero(as_tuple=True)  # adj[i, j] is the edge j -> i
             off = source != target
@@ -838,17 +854,17 @@ class AdaptiveGCNConv(MessagePassing):
         """(x_src, x_dst, bipartite) from either input form, checked; lazy modules built."""
         bipartite = isinstance(x, (tuple, list))
         if bipartite:
-            _check_pair(x, self.add_self_loops)
+            check_pair(x, self.add_self_loops)
             x_src, x_dst = x
         else:
             x_src = x_dst = x
-        _check_features("x_src" if bipartite else "x", x_src, self.lin.in_channels)
-        _check_dtype("x_src" if bipartite else "x", x_src, self.lin.weight, self)
+        check_features("x_src" if bipartite else "x", x_src, self.lin.in_channels)
+        check_dtype("x_src" if bipartite else "x", x_src, self.lin.weight, self)
         if bipartite:
-            _check_features("x_dst", x_dst, self._in_dst())
-            _check_pair_sizes(x_src, x_dst, self.in_channels, self.similarity)
+            check_features("x_dst", x_dst, self._in_dst())
+            check_pair_sizes(x_src, x_dst, self.in_channels, self.similarity)
         if edge_attr is not None:
-            _check_edge_attr(edge_attr, self.lin_edge)
+            check_edge_attr(edge_attr, self.lin_edge)
         self._initialize_lazy(x_src, x_dst, edge_attr)
         return x_src, x_dst, bipartite
 
@@ -866,11 +882,11 @@ class AdaptiveGCNConv(MessagePassing):
     def _sparse_graph(self, x_src, x_dst, edge_index, edge_weight, edge_attr) -> _EdgeGraph:
         """Brings every sparse input form to edge_index [2, E] with edge_weight [E] (and
         edge_attr), self-loops appended last; keeps the sparse input to restore its layout."""
-        _check_node_dims(x_src, x_dst)
+        check_node_dims(x_src, x_dst)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
         layout = None
         if isinstance(edge_index, SparseTensor) or is_torch_sparse_tensor(edge_index):
-            _check_sparse(edge_index, edge_weight, edge_attr, n_src, n_dst, x_src is x_dst)
+            check_sparse(edge_index, edge_weight, edge_attr, n_src, n_dst, x_src is x_dst)
             layout = edge_index
             if isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo:
                 # PyG's to_edge_index would flag an uncoalesced input as coalesced in place.
@@ -883,13 +899,13 @@ class AdaptiveGCNConv(MessagePassing):
                 )
             edge_index = index.flip(0)  # adj_t[i, j] is the edge j -> i
         else:
-            _check_edge_index(edge_index, edge_weight, edge_attr, n_src, n_dst, x_src is x_dst)
+            check_edge_index(edge_index, edge_weight, edge_attr, n_src, n_dst, x_src is x_dst)
             edge_index = edge_index.long()
 
         if edge_weight is None:
             edge_weight = x_src.new_ones(edge_index.size(1))
         else:
-            _check_finite("edge_weight", edge_weight)  # or the sparse adjacency's values
+            check_finite("edge_weight", edge_weight)  # or the sparse adjacency's values
             edge_weight = edge_weight.to(x_src.dtype)
 
         if self.add_self_loops:  # homogeneous here: bipartite input was refused
@@ -951,295 +967,10 @@ def _requires_grad(*tensors: Tensor) -> bool:
     return any(t.requires_grad for t in tensors)
 
 
-# Input checks ------------------------------------------------------------------------------
-
-
-def _describe(value) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.layout} tensor of shape {list(value.shape)} and dtype {value.dtype}"
-    return str(type(value))
-
-
-def _check_in_channels(in_channels, similarity: bool, share_weights: bool) -> tuple[int, int]:
-    """(in_src, in_dst) from an int or a (src, dst) pair; -1 means lazy."""
-    if isinstance(in_channels, int):
-        return in_channels, in_channels
-    if not (isinstance(in_channels, (tuple, list)) and len(in_channels) == 2
-            and all(isinstance(c, int) for c in in_channels)):
-        raise TypeError(
-            f"'in_channels' must be an int or a (src, dst) pair of ints, -1 for lazy "
-            f"(got {in_channels!r})"
-        )
-    in_src, in_dst = in_channels
-    if in_src > 0 and in_dst > 0 and in_src != in_dst:
-        if similarity:
-            raise ValueError(
-                f"similarity=True compares target with source features (eq. 7) and needs "
-                f"equal sizes (got in_channels={tuple(in_channels)}); pass similarity=False"
-            )
-        if share_weights:
-            raise ValueError(
-                f"share_weights=True applies one matrix to source and target features and "
-                f"needs equal sizes (got in_channels={tuple(in_channels)})"
-            )
-    return in_src, in_dst
-
-
-def _check_pair(x, add_self_loops: bool):
-    if len(x) != 2:
-        raise ValueError(f"bipartite 'x' must be a pair (x_src, x_dst) (got {len(x)} items)")
-    if x[1] is None:
-        raise ValueError(
-            "'x' = (x_src, None) is not supported: W_dst (eq. 4) and the cosine term (eq. 7) "
-            "need the target features x_dst"
-        )
-    if add_self_loops:
-        raise ValueError(
-            "bipartite input x = (x_src, x_dst) needs add_self_loops=False: sources and "
-            "targets are different node sets, so no node is its own neighbour (got "
-            "add_self_loops=True)"
-        )
-
-
-def _check_features(name: str, x, in_channels: int):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"'{name}' must be a torch.Tensor of node features (got {type(x)})")
-    if x.dim() not in (2, 3):
-        raise ValueError(
-            f"'{name}' must be [num_nodes, in_channels], or [batch, num_nodes, in_channels] "
-            f"with a dense adjacency (got shape {list(x.shape)})"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"'{name}' must be a floating-point tensor (got {x.dtype})")
-    if in_channels > 0 and x.size(-1) != in_channels:
-        raise ValueError(
-            f"'{name}' has {x.size(-1)} features per node but the layer was built for "
-            f"{in_channels}"
-        )
-    _check_finite(name, x)
-
-
-def _check_dtype(name: str, x: Tensor, weight: Tensor, conv):
-    if (not isinstance(weight, UninitializedParameter) and x.dtype != weight.dtype
-            and not torch.is_autocast_enabled(x.device.type)):
-        # No silent cast: convert one side, or let autocast choose per operation.
-        raise TypeError(
-            f"'{name}' is {x.dtype} but the weights of {conv} are {weight.dtype}: convert "
-            f"one to the other ({name}.to(...) or conv.to(...)) or run under torch.autocast"
-        )
-
-
-def _check_pair_sizes(x_src: Tensor, x_dst: Tensor, in_channels, similarity: bool):
-    if x_src.dtype != x_dst.dtype or x_src.device != x_dst.device:
-        raise TypeError(
-            f"'x_src' and 'x_dst' must share dtype and device (got {x_src.dtype} on "
-            f"{x_src.device} and {x_dst.dtype} on {x_dst.device})"
-        )
-    f_src, f_dst = x_src.size(-1), x_dst.size(-1)
-    if f_src == f_dst:
-        return
-    if isinstance(in_channels, int):
-        raise ValueError(
-            f"'x_src' has {f_src} features and 'x_dst' {f_dst}, but in_channels="
-            f"{in_channels} is one size: pass in_channels=(src, dst), e.g. (-1, -1)"
-        )
-    if similarity:
-        raise ValueError(
-            f"similarity=True compares x_dst[i] with x_src[j] (eq. 7) and needs equal feature "
-            f"sizes (got {f_src} and {f_dst}); pass similarity=False"
-        )
-
-
-def _check_node_dims(x_src: Tensor, x_dst: Tensor):
-    if x_src.dim() != 2 or x_dst.dim() != 2:
-        shapes = [list(x_src.shape)] if x_src is x_dst else [list(x_src.shape),
-                                                             list(x_dst.shape)]
-        raise ValueError(
-            f"node features must be 2-dimensional [num_nodes, in_channels] with an edge_index "
-            f"or sparse adjacency; batches [B, N, F] need a dense adjacency (got {shapes})"
-        )
-
-
 def _sorted_min_nodes(setting: int | None, device: torch.device) -> int:
     if setting is not None:
         return setting
     return 2048 if device.type == "cpu" else 16384
-
-
-def _check_complete(bipartite: bool, edge_attr: OptTensor):
-    if bipartite:
-        raise ValueError(
-            "complete=True reads the graph as the complete graph of one node set; bipartite "
-            "'x' = (x_src, x_dst) is not supported there (use complete=None)"
-        )
-    if edge_attr is not None:
-        raise ValueError(
-            "'edge_attr' is not supported with complete=True: edge features exist on stored "
-            "edges only, and the complete path's scores are s_i + t_j for every pair"
-        )
-
-
-def _check_dense_extras(edge_weight: OptTensor, edge_attr: OptTensor):
-    for name, value in (("edge_weight", edge_weight), ("edge_attr", edge_attr)):
-        if value is not None:
-            raise ValueError(
-                f"'{name}' must be None when 'edge_index' is a dense adjacency (its entries "
-                f"are the weights; edge features need an edge_index)"
-            )
-
-
-def _check_dense(x_src: Tensor, x_dst: Tensor, adj: Tensor, mask: OptTensor,
-                 bipartite: bool) -> OptTensor:
-    """Checks a dense (batched) input; returns the mask as bool (or None)."""
-    n_src, n_dst = x_src.size(-2), x_dst.size(-2)
-    expected = f"[{n_dst}, {n_src}]" if bipartite else f"[N, N] with N = x.size(-2) = {n_src}"
-    if adj.dim() not in (2, 3) or adj.shape[-2:] != (n_dst, n_src):
-        raise ValueError(
-            f"dense adjacency 'edge_index' must be {expected} or [B, {n_dst}, {n_src}] to match "
-            f"the node features (got shape {list(adj.shape)})"
-        )
-    _check_finite("edge_index", adj)
-    batches = {t.size(0) for t in (x_src, x_dst, adj) if t.dim() == 3}
-    if len(batches) > 1 or (bipartite and x_src.dim() != x_dst.dim()):
-        raise ValueError(
-            f"dense batch sizes differ: x {[list(t.shape) for t in (x_src, x_dst)]}, "
-            f"adjacency {list(adj.shape)}"
-        )
-    if mask is None:
-        return None
-    if bipartite:
-        raise ValueError("'mask' needs homogeneous input (one node set), not (x_src, x_dst)")
-    shape = [*batches, n_src] if batches else [n_src]
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or list(mask.shape) != shape:
-        raise ValueError(
-            f"'mask' must be a bool tensor of shape {shape} (as to_dense_batch returns it) "
-            f"(got {_describe(mask)})"
-        )
-    return mask
-
-
-def _check_sparse(adj, edge_weight, edge_attr, n_src: int, n_dst: int, homogeneous: bool):
-    for name, value in (("edge_weight", edge_weight), ("edge_attr", edge_attr)):
-        if value is not None:
-            raise ValueError(
-                f"'{name}' must be None when 'edge_index' is a sparse adjacency (its values "
-                f"are the weights; edge features need an edge_index)"
-            )
-    size = tuple(adj.sparse_sizes()) if isinstance(adj, SparseTensor) else tuple(adj.shape)
-    if size != (n_dst, n_src):
-        expected = f"[N, N] with N = x.size(0) = {n_src}" if homogeneous else (
-            f"[N_dst, N_src] = [{n_dst}, {n_src}]")
-        raise ValueError(
-            f"sparse adjacency 'edge_index' must be {expected} (got shape {list(size)})"
-        )
-
-
-def _check_edge_index(edge_index, edge_weight: OptTensor, edge_attr: OptTensor,
-                      n_src: int, n_dst: int, homogeneous: bool):
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(
-            "'edge_index' must be a [2, E] integer tensor, a sparse adjacency or a dense "
-            f"[N, N] floating-point adjacency (got {type(edge_index)})"
-        )
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(
-            f"'edge_index' must have shape [2, E] (got {list(edge_index.shape)}); a dense "
-            "adjacency must be a floating-point [N, N] tensor"
-        )
-    if edge_index.dtype not in (torch.long, torch.int):
-        raise TypeError(f"'edge_index' must be an integer tensor (got {edge_index.dtype})")
-    num_edges = edge_index.size(1)
-    if edge_weight is not None:
-        if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
-            raise ValueError(
-                f"'edge_weight' must have shape [E] = [{num_edges}] to match "
-                f"'edge_index' (got {list(edge_weight.shape)})"
-            )
-    if edge_attr is not None and edge_attr.size(0) != num_edges:
-        raise ValueError(
-            f"'edge_attr' must have one row per edge, [{num_edges}, edge_dim] to match "
-            f"'edge_index' (got {list(edge_attr.shape)})"
-        )
-    # Reading values synchronises the device: skipped while compiling (a graph break), and on
-    # a GPU done once per graph tensor (and node counts), not at every step.
-    sizes = (n_src, n_dst)
-    if is_compiling() or num_edges == 0 or _validated(edge_index, sizes):
-        return
-    low, high = edge_index.amin(dim=1).tolist(), edge_index.amax(dim=1).tolist()
-    if homogeneous and (min(low) < 0 or max(high) >= n_src):
-        raise ValueError(
-            f"'edge_index' holds node indices in [{min(low)}, {max(high)}], outside "
-            f"[0, {n_src - 1}] for x with {n_src} nodes"
-        )
-    for k, (row, name, n) in enumerate((("source", "x_src", n_src), ("target", "x_dst", n_dst))):
-        if low[k] < 0 or high[k] >= n:
-            raise ValueError(
-                f"'edge_index' holds {row} indices in [{low[k]}, {high[k]}], outside "
-                f"[0, {n - 1}] for {name} with {n} nodes"
-            )
-    _remember_valid(edge_index, sizes)
-
-
-# GPU tensors already checked, by id: (weak reference, version, what was checked). A fixed input
-# (the label graph, node features, a graph reused every epoch) is read once, not at every step.
-_VALID_ON_DEVICE: dict[int, tuple[weakref.ref, int, object]] = {}
-
-
-def _validated(t: Tensor, check: object) -> bool:
-    seen = _VALID_ON_DEVICE.get(id(t))
-    return bool(t.is_cuda and seen and seen[0]() is t and seen[1:] == (t._version, check))
-
-
-def _remember_valid(t: Tensor, check: object):
-    if not t.is_cuda:  # on the CPU a check costs no synchronisation: always check
-        return
-    if len(_VALID_ON_DEVICE) > 1024:  # forget tensors that no longer exist
-        for key in [k for k, v in _VALID_ON_DEVICE.items() if v[0]() is None]:
-            del _VALID_ON_DEVICE[key]
-    _VALID_ON_DEVICE[id(t)] = (weakref.ref(t), t._version, check)
-
-
-def _check_finite(name: str, t: Tensor):
-    # One reduction, but on a GPU reading it synchronises the device. So on a GPU only inputs
-    # are checked (no autograd history: data, buffers; an activation of the model is not), each
-    # tensor once per version; and nothing while compiling (a graph break) or capturing a CUDA
-    # graph (where reading values is an error).
-    if is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return
-    if t.is_cuda and (t.grad_fn is not None or _validated(t, "finite")):
-        return
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(
-            f"'{name}' must hold finite values (got {int(t.isnan().sum())} NaN and "
-            f"{int(t.isinf().sum())} infinite entries in shape {list(t.shape)})"
-        )
-    _remember_valid(t, "finite")
-
-
-def _check_edge_attr(edge_attr, lin_edge: Linear | None):
-    if lin_edge is None:
-        raise ValueError(
-            "'edge_attr' was given but the layer was built without edge features "
-            "(edge_dim=None): pass edge_dim to use them in eq. 4's score; the fixed "
-            "weights a_ij are 'edge_weight'"
-        )
-    edge_dim = lin_edge.in_channels
-    if not isinstance(edge_attr, Tensor) or not edge_attr.is_floating_point():
-        raise TypeError(
-            f"'edge_attr' must be a floating-point tensor [E, edge_dim] (got "
-            f"{_describe(edge_attr)})"
-        )
-    if edge_attr.dim() not in (1, 2):
-        raise ValueError(
-            f"'edge_attr' must be [E, edge_dim] or [E] (got shape {list(edge_attr.shape)})"
-        )
-    size = edge_attr.size(-1) if edge_attr.dim() == 2 else 1
-    if edge_dim > 0 and size != edge_dim:
-        raise ValueError(
-            f"'edge_attr' has {size} features per edge but the layer was built with "
-            f"edge_dim={edge_dim}"
-        )
-    _check_finite("edge_attr", edge_attr)
 
 
 def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, size: tuple[int, int]):
