@@ -363,3 +363,25 @@ def test_list_file_ssgrl_vg500_layout(tmp_path):
     with pytest.raises(ValueError, match="image_labels_file"):
         ListFileMultiLabel(str(tmp_path / "train_list_500.txt"), str(vg),
                            str(tmp_path / "vg_category_500_labels_index.json"))
+
+
+def test_labels_are_stored_per_image_not_as_a_dense_matrix(tmp_path):
+    """A million labels: the dataset keeps each image's label indices (CSR), the targets and
+    the sparse matrix come from them, and the dense matrix only on access."""
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        _save(str(tmp_path / name))
+    (tmp_path / "list.txt").write_text("a.jpg 999999 5 5\nb.jpg\nc.jpg 7 3\n")
+    (tmp_path / "index.json").write_text(json.dumps({"b.jpg": [12]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # almost every label has no image
+        ds = ListFileMultiLabel(str(tmp_path / "list.txt"), str(tmp_path),
+                                image_labels_file=str(tmp_path / "index.json"),
+                                num_labels=10**6)
+    assert "labels" not in vars(ds)
+    assert ds.label_ptr.tolist() == [0, 2, 3, 5]
+    assert ds.label_index.tolist() == [5, 999999, 12, 3, 7]  # sorted, repeats dropped
+    target = ds.target(2)
+    assert target.shape == (10**6,) and target.nonzero().flatten().tolist() == [3, 7]
+    matrix = ds.label_matrix()
+    assert matrix.shape == (3, 10**6) and matrix._nnz() == 5
+    assert matrix.indices().tolist() == [[0, 0, 1, 2, 2], [5, 999999, 12, 3, 7]]

@@ -130,13 +130,22 @@ def demo_banner(model: str, image_size: int, device_type: str) -> str:
             f"Pass --data (or --train-ann ...) to train on real data.\n{rule}")
 
 
+def multi_hot(train_set, sparse: bool) -> torch.Tensor:
+    """The ``[num_images, N]`` training labels: sparse COO (from the datasets' stored form,
+    no dense matrix) or dense bool."""
+    if sparse and hasattr(train_set, "label_matrix"):
+        return train_set.label_matrix()
+    labels = train_set.labels.to(torch.bool)
+    return labels.to_sparse() if sparse else labels
+
+
 def labels_digest(train_set) -> str:
-    """SHA-256 of the training labels (the multi-hot matrix and the names): what
-    :math:`A` depends on."""
+    """SHA-256 of the training labels (which labels each image carries, and the names):
+    what :math:`A` depends on."""
     h = hashlib.sha256(json.dumps(list(train_set.label_names)).encode())
-    labels = train_set.labels.to(torch.bool).contiguous()
+    labels = multi_hot(train_set, sparse=True).coalesce()
     h.update(str(tuple(labels.shape)).encode())
-    h.update(labels.numpy().tobytes())
+    h.update(labels.indices().to(torch.long).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -179,8 +188,8 @@ def label_graph(train_set, folder: str, write: bool = True, say=print,
         except Exception as e:  # a damaged cache is only a cache
             say(f"Label graph: cannot read {path} ({type(e).__name__}); recomputing")
     if graph is None:
-        labels = train_set.labels.to_sparse() if sparse else train_set.labels
-        graph = replace(LabelGraph.from_labels(labels, list(train_set.label_names)),
+        graph = replace(LabelGraph.from_labels(multi_hot(train_set, sparse),
+                                               list(train_set.label_names)),
                         adjacency_kind=adjacency_kind)
     if write:
         with atomic_write(path) as f:
