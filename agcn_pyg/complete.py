@@ -28,10 +28,11 @@ which rules out label sets of :math:`10^5` or :math:`10^6` labels. Neither needs
 The cumulative sums accumulate in float64 (float32 sums over :math:`10^6` rows would lose
 digits; see :func:`_accumulate_dtype` and ``benchmarks/NOTES.md`` for the measured errors), and
 the attention runs in at least float32 under autocast. The backward pass is written out
-(:class:`_SortedAttention`): it keeps :math:`\mathbf{H}` and two :obj:`[N, F]` tensors, its
-formulas avoid cancellation (a gradient that vanishes is an exact zero; eq. 6's ties share the
-gradient as :func:`torch.amax` does), and against the same algorithm left to autograd it took
-22 % less peak memory and 1.2-2.2x less time (``benchmarks/NOTES.md``).
+(:class:`_SortedAttention`): it keeps :math:`\mathbf{H}` and, up to :math:`N F = 2^{25}`, the
+forward's two :obj:`[N, F]` parts (beyond, it recomputes them); its formulas avoid
+cancellation (a gradient that vanishes is an exact zero; eq. 6's ties share the gradient as
+:func:`torch.amax` does). Against the same algorithm left to autograd it takes 3x less peak
+memory at :math:`N = 10^6` and 1.4-1.9x less time (``benchmarks/NOTES.md``).
 
 :func:`complete_attention` is the entry point; :class:`CompleteGraphParts` holds what defines
 the three graphs at any size and builds rows of them on demand.
