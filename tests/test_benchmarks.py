@@ -15,6 +15,13 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
+
+def run_script(script: str, *args: str) -> None:
+    """Runs ``benchmarks/<script>`` in a fresh process; it must exit 0."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
 # ---------------------------------------------------------------------------------------
 # benchmarks/layers.py
 # ---------------------------------------------------------------------------------------
@@ -35,13 +42,7 @@ LAYERS = {
 @pytest.mark.slow
 def test_layers_quick(tmp_path):
     out = tmp_path / "layers"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "layers.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_script("layers.py", "--quick", "--out", str(out))
 
     with open(out / "layers.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -71,14 +72,7 @@ def test_layers_quick(tmp_path):
 def test_layers_quick_scale(tmp_path):
     """The scale shape: the complete path with a sparse A against the O(N^2) layers."""
     out = tmp_path / "scale"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "layers.py"), "--quick", "--shapes", "scale",
-         "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_script("layers.py", "--quick", "--shapes", "scale", "--out", str(out))
     with open(out / "layers.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     want = {"agcn_complete", "agcn_dense", "dense_gat", "dense_gcn", "gat", "gcn"}
@@ -130,13 +124,7 @@ def test_default_out_dir_never_reuses_a_folder(tmp_path, monkeypatch):
 def test_complete_bar_quick(tmp_path):
     """complete_bar.py --quick measures every target of issue 9's bar (no verdicts at these
     sizes); the float64 comparison with the dense path is within the bar at any size."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "complete_bar.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_script("complete_bar.py", "--quick", "--out", str(tmp_path))
     lines = (tmp_path / "bar.md").read_text().splitlines()
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line[:2] == "| "]
     rows = rows[1:]  # the header
