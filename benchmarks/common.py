@@ -14,7 +14,7 @@ The whole API, for ``benchmarks/layers.py`` and ``benchmarks/model.py``:
 * :func:`write_csv`, :func:`markdown_table` — result tables from a list of dicts.
 * :func:`int_list`, :func:`str_list` — argparse types for comma-separated flags;
   :func:`add_run_arguments` — the flags every benchmark takes (``--memory``, ``--quick``,
-  ``--threads``, ``--out``, ``--seed``).
+  ``--threads``, ``--out``, ``--seed``); :func:`parse_with_quick` — ``--quick``'s defaults.
 
 Import it from a script in ``benchmarks/`` as ``from common import ...`` (the script's folder is
 on ``sys.path``) or from the repository root as ``from benchmarks.common import ...``.
@@ -302,6 +302,16 @@ def add_run_arguments(p: argparse.ArgumentParser, quick_help: str, out_help: str
     )
     p.add_argument("--out", type=Path, default=None, help=f"results folder (default: {out_help})")
     p.add_argument("--seed", type=int, default=0)
+
+
+def parse_with_quick(
+    p: argparse.ArgumentParser, argv: Sequence[str] | None, quick: dict[str, Any]
+) -> argparse.Namespace:
+    """Parses ``argv``; with ``--quick`` the defaults become ``quick`` first (flags given
+    explicitly still win)."""
+    if p.parse_known_args(argv)[0].quick:
+        p.set_defaults(**quick)
+    return p.parse_args(argv)
 
 
 def start_results(

@@ -57,6 +57,7 @@ from common import (  # noqa: E402
     is_oom,
     markdown_table,
     memory_budget,
+    parse_with_quick,
     peak_memory,
     start_results,
     str_list,
@@ -281,9 +282,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "tiny CPU run for a smoke test: N=16,48, 32->64, sparse N=500 16->16",
         "benchmarks/results/<date>-<device>/",
     )
-    if p.parse_known_args(argv)[0].quick:  # tiny defaults; flags given explicitly still win
-        p.set_defaults(**QUICK)
-    args = p.parse_args(argv)
+    args = parse_with_quick(p, argv, QUICK)
     if args.compile is None:
         args.compile = True
     for name in args.layers or []:

@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     free_memory,
     int_list,
     markdown_table,
+    parse_with_quick,
     peak_memory,
     start_results,
     str_list,
@@ -180,9 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "CPU smoke test: resnet10t, 64 px, batch 8, fp32, 5 rounds, 1 thread",
         "benchmarks/results/<date>-<device>-model[-quick]/",
     )
-    if p.parse_known_args(argv)[0].quick:  # small defaults; flags given explicitly still win
-        p.set_defaults(**QUICK)
-    args = p.parse_args(argv)
+    args = parse_with_quick(p, argv, QUICK)
     if args.channels_last is None:
         args.channels_last = args.device.startswith("cuda")
     heads = []
