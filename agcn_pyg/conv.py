@@ -205,7 +205,8 @@ class AdaptiveGCNConv(MessagePassing):
             the self term of eq. 6 needs them, so without them nodes whose self-loop is
             missing get no :math:`\max_k \alpha_{i,k}` term. As with PyG's
             :func:`~torch_geometric.utils.add_remaining_self_loops`, a node with several
-            self-loops keeps one of them: coalesce such graphs first. Ignored for dense input, which
+            self-loops keeps one of them (on the complete path, where duplicate edges add
+            up, they add up too): coalesce such graphs first. Ignored for dense input, which
             already contains every self-loop. Must be :obj:`False` for bipartite input.
             (default: :obj:`True`)
         fill_value (float, optional): The :math:`a_{i,i}` of an added self-loop; :obj:`1`
@@ -737,14 +738,21 @@ class AdaptiveGCNConv(MessagePassing):
             for (ref, version), t in zip(cache[1], inputs, strict=True)
         ):
             return cache[2]
-        graph = self._sparse_graph(x, x, edge_index, edge_weight, None)
-        edge_index = graph.edge_index
-        has_loop = None
-        if not self.add_self_loops:  # otherwise every node has one now
-            is_loop = (edge_index[0] == edge_index[1]).long()
-            has_loop = torch.zeros(n, dtype=torch.long, device=x.device)
-            has_loop = has_loop.scatter_add_(0, edge_index[0], is_loop) > 0
-        adj = SparseAdjacency.from_edges(edge_index, graph.edge_weight, n, has_loop)
+        graph = self._sparse_graph(x, x, edge_index, edge_weight, None, self_loops=False)
+        edge_index, weight = graph.edge_index, graph.edge_weight
+        is_loop = (edge_index[0] == edge_index[1]).long()
+        has_loop = torch.zeros(n, dtype=torch.long, device=x.device)
+        has_loop = has_loop.scatter_add_(0, edge_index[0], is_loop) > 0
+        if self.add_self_loops:
+            # Every node's self-loop appended, fill_value where none is stored and 0 on top of
+            # a stored one (duplicate edges add up here): add_remaining_self_loops' A with
+            # shapes that do not depend on the data, so torch.compile does not break the graph.
+            nodes = torch.arange(n, device=x.device)
+            edge_index = torch.cat([edge_index, nodes.expand(2, n)], dim=1)
+            fill = torch.full_like(has_loop, self.fill_value, dtype=weight.dtype)
+            weight = torch.cat([weight, fill.masked_fill(has_loop, 0.0)])
+            has_loop = None  # every node has one now
+        adj = SparseAdjacency.from_edges(edge_index, weight, n, has_loop)
         if cacheable:
             refs = tuple(
                 (None, None) if t is None else (weakref.ref(t), getattr(t, "_version", None))
@@ -879,9 +887,12 @@ class AdaptiveGCNConv(MessagePassing):
             return self.lin_dst.in_channels
         return self.lin.in_channels if isinstance(self.in_channels, int) else self.in_channels[1]
 
-    def _sparse_graph(self, x_src, x_dst, edge_index, edge_weight, edge_attr) -> _EdgeGraph:
+    def _sparse_graph(
+        self, x_src, x_dst, edge_index, edge_weight, edge_attr, self_loops: bool | None = None
+    ) -> _EdgeGraph:
         """Brings every sparse input form to edge_index [2, E] with edge_weight [E] (and
-        edge_attr), self-loops appended last; keeps the sparse input to restore its layout."""
+        edge_attr), self-loops appended last (``self_loops``, default add_self_loops); keeps
+        the sparse input to restore its layout."""
         check_node_dims(x_src, x_dst)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
         layout = None
@@ -908,7 +919,7 @@ class AdaptiveGCNConv(MessagePassing):
             check_finite("edge_weight", edge_weight)  # or the sparse adjacency's values
             edge_weight = edge_weight.to(x_src.dtype)
 
-        if self.add_self_loops:  # homogeneous here: bipartite input was refused
+        if self.add_self_loops if self_loops is None else self_loops:  # (not bipartite here)
             loops, edge_weight = add_remaining_self_loops(
                 edge_index, edge_weight, self.fill_value, n_src
             )

@@ -450,11 +450,12 @@ def test_complete_conv_100k_nodes_smoke():
 
 
 @pytest.mark.slow
-def test_complete_compile_no_graph_breaks():
+@pytest.mark.parametrize("add_self_loops", [False, True])
+def test_complete_compile_no_graph_breaks(add_self_loops):
     import torch._dynamo
 
     x, _, edge_index, edge_weight, _ = label_graph()
-    conv = make_complete_conv(add_self_loops=False).float()
+    conv = make_complete_conv(add_self_loops=add_self_loops).float()
     x, edge_weight = x.float().requires_grad_(), edge_weight.float()
     explanation = torch._dynamo.explain(conv)(x, edge_index, edge_weight)
     assert explanation.graph_break_count == 0, explanation.break_reasons
