@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -130,20 +130,19 @@ def demo_banner(model: str, image_size: int, device_type: str) -> str:
             f"Pass --data (or --train-ann ...) to train on real data.\n{rule}")
 
 
-def multi_hot(train_set, sparse: bool) -> torch.Tensor:
-    """The ``[num_images, N]`` training labels: sparse COO (from the datasets' stored form,
-    no dense matrix) or dense bool."""
-    if sparse and hasattr(train_set, "label_matrix"):
+def sparse_labels(train_set) -> torch.Tensor:
+    """The ``[num_images, N]`` training labels as a sparse COO matrix: the datasets' stored
+    form (:meth:`~agcn_pyg.data.CocoMultiLabel.label_matrix`), never an [images, N] array."""
+    if hasattr(train_set, "label_matrix"):
         return train_set.label_matrix()
-    labels = train_set.labels.to(torch.bool)
-    return labels.to_sparse() if sparse else labels
+    return train_set.labels.to(torch.bool).to_sparse()
 
 
 def labels_digest(train_set) -> str:
     """SHA-256 of the training labels (which labels each image carries, and the names):
     what :math:`A` depends on."""
     h = hashlib.sha256(json.dumps(list(train_set.label_names)).encode())
-    labels = multi_hot(train_set, sparse=True).coalesce()
+    labels = sparse_labels(train_set).coalesce()
     h.update(str(tuple(labels.shape)).encode())
     h.update(labels.indices().to(torch.long).contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -188,9 +187,10 @@ def label_graph(train_set, folder: str, write: bool = True, say=print,
         except Exception as e:  # a damaged cache is only a cache
             say(f"Label graph: cannot read {path} ({type(e).__name__}); recomputing")
     if graph is None:
-        graph = replace(LabelGraph.from_labels(multi_hot(train_set, sparse),
-                                               list(train_set.label_names)),
-                        adjacency_kind=adjacency_kind)
+        names = list(train_set.label_names)
+        counted = LabelGraph.from_labels(sparse_labels(train_set), names)  # sparse Y^T Y
+        counts = counted.counts if sparse else counted.counts.to_dense()
+        graph = LabelGraph(counts, counted.nums, names, adjacency_kind)
     if write:
         with atomic_write(path) as f:
             torch.save({"labels_sha256": digest, "counts": graph.counts, "nums": graph.nums,
