@@ -186,7 +186,7 @@ def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
 
 def run_step(step: Step, out: Path, deadline: float, done: dict[str, StepResult]) -> StepResult:
     log = out / "logs" / f"{step.name}.log"
-    command = " ".join(step.argv)
+    command = " ".join("python" if arg == PY else arg for arg in step.argv)  # no machine path
     left = deadline - time.monotonic()
     if step.needs and done.get(step.needs, None) and done[step.needs].status != "ok":
         return StepResult(step.name, f"skipped ({step.needs} did not pass)", 0.0, "", command)
@@ -356,9 +356,12 @@ def main(argv=None) -> int:
     shutil.rmtree(a.scratch, ignore_errors=True)
     a.scratch.mkdir(parents=True)
 
+    # The steps run in ROOT: results under it are named relative to it, so the commands that
+    # env.json and the logs record hold no path of the machine that ran them.
+    steps_out = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
     results: dict[str, StepResult] = {}
     for part in a.parts.split(","):
-        for step in PARTS[part](a, out):
+        for step in PARTS[part](a, steps_out):
             r = run_step(step, out, deadline, results)
             results[r.name] = r
             print(f"[gpu-suite] {r.name:24s} {r.status:28s} {r.seconds:7.1f} s", flush=True)
