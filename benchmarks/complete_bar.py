@@ -44,10 +44,11 @@ BAR = {"exact": 1e-9, "vs_dense_gat": 0.25, "vs_dense_gcn": 0.5, "big_s": 180.0,
 SCORE_PARAMETERS = ("att_src", "att_dst", "lin_src.weight", "lin_dst.weight")
 
 
-def graph(n: int, degree: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scale sweep's A (``layers.Graph``): random edges, weights in (0, 1), no self-loops."""
-    case = layers.Case("scale", "scale", n, 1, 1)
-    return layers.Graph(case, degree, torch.device("cpu"), seed).sparse_a
+def graph(n: int, degree: int, seed: int = 0) -> layers.Graph:
+    """The scale sweep's A on the CPU: ``sparse_a`` (random edges, weights in (0, 1), no
+    self-loops) and ``adj``, the same as a dense matrix with the self-loops (weight 1 =
+    fill_value) that the sparse input gets."""
+    return layers.Graph(layers.Case("scale", "scale", n, 1, 1), degree, torch.device("cpu"), seed)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,14 +67,13 @@ def run_layer(conv, x, inputs, grad) -> dict[str, torch.Tensor]:
 def exactness(n: int, channels: int, degree: int, device: torch.device) -> float:
     """Complete path (sparse A) against the dense path (the same A as a matrix), float64:
     the worst ``max |a - b| / max |b|`` over the output and every gradient."""
-    edge_index, weight = graph(n, degree)
+    a = graph(n, degree)
+    (edge_index, weight), adj = a.sparse_a, a.adj.double()
     weight = weight.double()
     torch.manual_seed(0)
     conv = AdaptiveGCNConv(channels, channels, complete=True).double()
     dense = AdaptiveGCNConv(channels, channels).double()
     dense.load_state_dict(conv.state_dict())
-    adj = torch.zeros(n, n, dtype=torch.float64).index_put_((edge_index[1], edge_index[0]), weight)
-    adj.fill_diagonal_(1.0)  # the self-loops the sparse input gets (fill_value = 1)
     x = torch.randn(n, channels, dtype=torch.float64)
     grad = torch.randn(n, channels, dtype=torch.float64)
     edge_index, weight, adj, x, grad = (t.to(device) for t in (edge_index, weight, adj, x, grad))
@@ -89,14 +89,11 @@ def float32_errors(
     relative error of (the output and the gradients of x, ``lin`` and ``bias``) and of (the
     gradients of eq. 4's score parameters). ``dense``: the dense softmax path instead (the
     float32 error any [N, N] implementation has, for comparison)."""
-    edge_index, weight = graph(n, degree)
+    a = graph(n, degree)
     torch.manual_seed(0)
     conv = AdaptiveGCNConv(channels, channels, complete=None if dense else True)
     conv.sorted_min_nodes = n + 1  # the dense input keeps the [N, N] softmax
-    inputs = (edge_index, weight)
-    if dense:
-        adj = torch.zeros(n, n).index_put_((edge_index[1], edge_index[0]), weight)
-        inputs = (adj.fill_diagonal_(1.0),)
+    inputs = (a.adj,) if dense else a.sparse_a
     x, grad = torch.randn(n, channels).to(device), torch.randn(n, channels).to(device)
     inputs = [t.to(device) for t in inputs]
     got = run_layer(conv.to(device), x, inputs, grad)

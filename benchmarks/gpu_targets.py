@@ -75,19 +75,20 @@ def edge_targets(out: Path) -> list[dict]:
 
 
 def scale_targets(out: Path) -> list[dict]:
+    runs = {run: read_rows(out / run / "layers.csv")
+            for run in ("layers-scale", "layers-scale-graphs")}
     rows = []
     for run, layer in (("layers-scale", "agcn_complete"),
                        ("layers-scale-graphs", "agcn_complete_compile"),
                        ("layers-scale-graphs", "agcn_complete_cudagraph")):
-        data = read_rows(out / run / "layers.csv")
+        data = runs[run]
         if data or run == "layers-scale":
             ratio = _ratio(_ms(data, layer, "scale", "scale", SCALE_N),
                            _ms(data, "dense_gat", "scale", "scale", SCALE_N))
             rows.append(_row("complete path (sparse A) vs DenseGATConv",
                              f"{run}, {layer}, N={SCALE_N}", ratio, SCALE_BAR))
-    data = read_rows(out / "layers-scale" / "layers.csv")
-    huge = next((r for r in data if r["layer"] == "agcn_complete" and int(r["n"]) == HUGE_N
-                 and r["status"] == "ok" and r["fwd_bwd_mem_mib"]), None)
+    huge = next((r for r in runs["layers-scale"] if r["layer"] == "agcn_complete"
+                 and int(r["n"]) == HUGE_N and r["status"] == "ok" and r["fwd_bwd_mem_mib"]), None)
     gib = float(huge["fwd_bwd_mem_mib"]) / 1024 if huge else None
     return [*rows, _row("complete path (sparse A) peak memory", f"N={HUGE_N}", gib, HUGE_GIB,
                         " GiB")]

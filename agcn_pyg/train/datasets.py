@@ -175,11 +175,12 @@ def label_graph(train_set, folder: str, write: bool = True, say=print,
             if cached.get("labels_sha256") == digest:
                 say(f"Label graph: reusing {path}")
                 counts = cached["counts"]
-                if counts.is_sparse != sparse:  # the same counts in the other form
+                other_form = counts.is_sparse != sparse
+                if other_form:  # the same counts, converted (and saved again below)
                     counts = counts.to_sparse().coalesce() if sparse else counts.to_dense()
                 graph = LabelGraph(counts, cached["nums"], cached["label_names"],
                                    adjacency_kind)
-                if cached.get("adjacency_kind") == adjacency_kind and counts is cached["counts"]:
+                if cached.get("adjacency_kind") == adjacency_kind and not other_form:
                     return graph
             else:
                 say(f"Label graph: {path} was computed from other training labels; "
