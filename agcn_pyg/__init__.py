@@ -2,11 +2,10 @@
 
 __version__ = "0.1.0"
 
-from agcn_pyg.conv import AdaptiveGCNConv, AdaptiveGraphs
-from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
-from agcn_pyg.export import export_model, load_exported
-from agcn_pyg.head import MultiLabelHead
-from agcn_pyg.label_graph import (
+# Lowest layer first: nn and data, then models, train, tools (see the README's layout).
+from agcn_pyg.nn.conv import AdaptiveGCNConv, AdaptiveGraphs
+from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
+from agcn_pyg.data.label_graph import (
     ADJACENCY_KINDS,
     DEFAULT_ADJACENCY,
     LabelGraph,
@@ -17,15 +16,17 @@ from agcn_pyg.label_graph import (
     mlgcn_normalize,
     row_normalize,
 )
-from agcn_pyg.loss import asymmetric_loss
-from agcn_pyg.metrics import MultiLabelMetrics, format_table, multilabel_metrics
-from agcn_pyg.model import MLAGCN, count_parameters, create_model
-from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
-from agcn_pyg.predict import predict
-from agcn_pyg.pretrained import from_pretrained, save_pretrained
-from agcn_pyg.synthetic import make_synthetic_coco
-from agcn_pyg.transforms import build_transforms, squash_data_config
-from agcn_pyg.visualize import plot_learned_graphs, strongest_edges
+from agcn_pyg.data.node_features import identity_features, image_embeddings, load_node_features
+from agcn_pyg.data.synthetic import make_synthetic_coco
+from agcn_pyg.data.transforms import build_transforms, squash_data_config
+from agcn_pyg.models.head import MultiLabelHead
+from agcn_pyg.models.mlagcn import MLAGCN, count_parameters, create_model
+from agcn_pyg.models.pretrained import from_pretrained, save_pretrained
+from agcn_pyg.train.loss import asymmetric_loss
+from agcn_pyg.train.metrics import MultiLabelMetrics, format_table, multilabel_metrics
+from agcn_pyg.tools.export import export_model, load_exported
+from agcn_pyg.tools.predict import predict
+from agcn_pyg.tools.visualize import plot_learned_graphs, strongest_edges
 
 __all__ = [
     "ADJACENCY_KINDS",

@@ -1,4 +1,4 @@
-"""Measures the sorted O(N log N) attention of ``agcn_pyg.complete`` on its own.
+"""Measures the sorted O(N log N) attention of ``agcn_pyg.nn.complete`` on its own.
 
 Two questions, for N up to 10^6 (see ``benchmarks/NOTES.md``, "Label graphs of any size"):
 
@@ -38,7 +38,7 @@ from common import (  # noqa: E402
     write_csv,
 )
 
-from agcn_pyg.complete import complete_attention  # noqa: E402
+from agcn_pyg.nn.complete import complete_attention  # noqa: E402
 
 MiB = 2**20
 
@@ -153,7 +153,7 @@ def main(argv=None):
     write_csv(accuracy, out / "accuracy.csv", list(accuracy[0]))
     write_csv(memory, out / "memory.csv", list(memory[0]))
     text = [
-        "# Sorted attention (agcn_pyg.complete)\n",
+        "# Sorted attention (agcn_pyg.nn.complete)\n",
         f"{env['date']} on {env['device']} ({env['cpu_model']}, {env['torch_num_threads']} "
         f"threads), torch {env['torch']}. Command: `{env['command']}`\n",
         "## Float32 against float64 (relative errors)\n",

@@ -89,7 +89,7 @@ def _with(module: torch.nn.Module, **attributes) -> torch.nn.Module:
 LAYERS: dict[str, Layer] = {
     "agcn_dense": Layer("AdaptiveGCNConv (dense)", True, AdaptiveGCNConv),
     # The dense path's two ways to B (the default picks by N and F, sorted_min_nodes): the [N, N]
-    # softmax, and the sorted O(N log N) aggregation of agcn_pyg.complete.
+    # softmax, and the sorted O(N log N) aggregation of agcn_pyg.nn.complete.
     "agcn_dense_softmax": Layer(
         "AdaptiveGCNConv (dense, N×N softmax)",
         True,
@@ -160,7 +160,7 @@ NN_BUFFERS = {
 }
 EDGE_BUFFERS = {"agcn_edge": (5, 3), "gcn": (3, 0), "gat": (5, 0)}
 # The complete path: [N, F + 1] buffers of the cumulative sums (float64 on a GPU, float32 on
-# the CPU: agcn_pyg.complete._accumulate_dtype) and bytes per stored entry of A (edge_index,
+# the CPU: agcn_pyg.nn.complete._accumulate_dtype) and bytes per stored entry of A (edge_index,
 # weights, CSR of A and its transpose). Fitted to CPU peaks at N = 10^4-10^6 with some margin.
 COMPLETE_NF_BUFFERS, COMPLETE_BYTES_PER_NNZ = 8, 64
 

@@ -7,7 +7,7 @@ dimension is dynamic; label names and the preprocessing config travel in the arc
 
 Serve it with::
 
-    from agcn_pyg.export import load_exported      # or torch.export.load(path).module()
+    from agcn_pyg.tools.export import load_exported      # or torch.export.load(path).module()
     model, meta = load_exported("model.pt2")       # meta: label_names, data_config
     probabilities = model(images).sigmoid()
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 
-from agcn_pyg.cli import check_output_file, read_checkpoint, run
-from agcn_pyg.export import export_model, load_exported
+from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run
+from agcn_pyg.tools.export import export_model, load_exported
 
 
 def main(argv=None) -> int:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from agcn_pyg.checkpoint import atomic_write
-from agcn_pyg.cli import check_output_folder, read_checkpoint, run
-from agcn_pyg.visualize import (
+from agcn_pyg.train.checkpoint import atomic_write
+from agcn_pyg.tools.cli import check_output_folder, read_checkpoint, run
+from agcn_pyg.tools.visualize import (
     MLGCN_TAU,
     edges_to_csv,
     edges_to_markdown,

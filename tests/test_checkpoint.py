@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agcn_pyg import create_model
-from agcn_pyg.checkpoint import (
+from agcn_pyg.train.checkpoint import (
     FORMAT,
     CheckpointError,
     CheckpointWriteError,

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from agcn_pyg import CocoMultiLabel, LabelGraph, build_transforms, make_synthetic_coco
-from agcn_pyg.checkpoint import (
+from agcn_pyg.train.checkpoint import (
     load_checkpoint,
     load_tensors,
     model_from_checkpoint,
     save_checkpoint,
 )
-from agcn_pyg.metrics import multilabel_metrics
+from agcn_pyg.train.metrics import multilabel_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "coco_train.py")

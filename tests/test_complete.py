@@ -1,4 +1,4 @@
-"""The complete graph in O(N log N): the sorted attention (agcn_pyg.complete) and
+"""The complete graph in O(N log N): the sorted attention (agcn_pyg.nn.complete) and
 AdaptiveGCNConv(complete=...) against eq. 3-7 written as dense [N, N] matrices in float64."""
 
 import copy
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
 from agcn_pyg import AdaptiveGCNConv, MultiLabelHead, create_model
-from agcn_pyg.complete import complete_attention
+from agcn_pyg.nn.complete import complete_attention
 
 
 def dense_attention(h, s_dst, s_src, slope=0.2, has_loop=None):
@@ -95,7 +95,7 @@ def test_column_blocks_and_recomputed_backward(monkeypatch):
     """Large h is summed in column blocks, its backward recomputes the forward's parts instead
     of keeping them, and on a GPU the scans run in blocks of rows: the same numbers (here
     forced at a small size on the CPU)."""
-    import agcn_pyg.complete as complete
+    import agcn_pyg.nn.complete as complete
 
     monkeypatch.setattr(complete, "_BLOCK_ENTRIES", 41 * 2)  # blocks of 2 columns
     monkeypatch.setattr(complete, "_RECOMPUTE_ENTRIES", 10)
@@ -114,7 +114,7 @@ def test_column_blocks_and_recomputed_backward(monkeypatch):
 
 
 def test_unit_rows_equal_normalize():
-    from agcn_pyg.complete import unit_rows
+    from agcn_pyg.nn.complete import unit_rows
 
     x = torch.randn(20, 5, dtype=torch.float64)
     x[3], x[7] = 0.0, 1e-14  # a zero row and one below eps: cos = 0, as F.normalize does
@@ -511,7 +511,7 @@ def test_head_needs_features_beyond_one_hot():
 
 
 def test_sparse_head_save_pretrained_and_reset_classifier(tmp_path):
-    from agcn_pyg.pretrained import from_pretrained, save_pretrained
+    from agcn_pyg.models.pretrained import from_pretrained, save_pretrained
 
     n = 30
     g = torch.Generator().manual_seed(0)

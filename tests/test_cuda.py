@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agcn_pyg import make_synthetic_coco
-from agcn_pyg.predict import predict
+from agcn_pyg.tools.predict import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "coco_train.py")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
-from agcn_pyg.synthetic import make_synthetic_coco
-from agcn_pyg.transforms import build_transforms
+from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
+from agcn_pyg.data.synthetic import make_synthetic_coco
+from agcn_pyg.data.transforms import build_transforms
 
 
 def _save(path, mode="RGB", size=(16, 12), color=None):

@@ -1,4 +1,4 @@
-"""torch.export of a trained model with precomputed classifiers (agcn_pyg.export)."""
+"""torch.export of a trained model with precomputed classifiers (agcn_pyg.tools.export)."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pytest
 import torch
 from tiny import NAMES, make_checkpoint
 
-from agcn_pyg.checkpoint import model_from_checkpoint
-from agcn_pyg.export import export_model, load_exported
+from agcn_pyg.train.checkpoint import model_from_checkpoint
+from agcn_pyg.tools.export import export_model, load_exported
 
 ROOT = Path(__file__).resolve().parents[1]
 

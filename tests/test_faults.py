@@ -26,10 +26,10 @@ from PIL import Image
 from tiny import make_checkpoint
 
 from agcn_pyg import AdaptiveGCNConv, CocoMultiLabel, ListFileMultiLabel, MultiLabelHead
-from agcn_pyg.checkpoint import load_checkpoint, save_checkpoint
-from agcn_pyg.data import read_rgb
-from agcn_pyg.label_graph import label_graph_from_coco
-from agcn_pyg.predict import predict
+from agcn_pyg.train.checkpoint import load_checkpoint, save_checkpoint
+from agcn_pyg.data.datasets import read_rgb
+from agcn_pyg.data.label_graph import label_graph_from_coco
+from agcn_pyg.tools.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ class _FillingFile:
 
 @pytest.fixture
 def disk_full(monkeypatch):
-    """Makes every temporary file of :func:`~agcn_pyg.checkpoint.atomic_write` (and only
+    """Makes every temporary file of :func:`~agcn_pyg.train.checkpoint.atomic_write` (and only
     those, ending in ``disk_full.suffix``) fail with ENOSPC after ``disk_full.budget``
     bytes."""
     real_fdopen = os.fdopen

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from agcn_pyg import AdaptiveGCNConv, MultiLabelHead, create_model
-from agcn_pyg.model import count_parameters, paper_parameter_counts
+from agcn_pyg.models.mlagcn import count_parameters, paper_parameter_counts
 
 
 def label_graph(n, seed=0):

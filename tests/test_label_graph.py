@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from agcn_pyg.label_graph import (
+from agcn_pyg.data.label_graph import (
     ADJACENCY_KINDS,
     DEFAULT_ADJACENCY,
     LabelGraph,
@@ -18,7 +18,7 @@ from agcn_pyg.label_graph import (
     probability_from_adjacency,
     row_normalize,
 )
-from agcn_pyg.node_features import identity_features, image_embeddings, load_node_features
+from agcn_pyg.data.node_features import identity_features, image_embeddings, load_node_features
 
 # 5 samples x 4 labels; sample 4 has no label, label 3 never occurs.
 LABELS = [

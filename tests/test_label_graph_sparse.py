@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agcn_pyg import LabelGraph
-from agcn_pyg.label_graph import (
+from agcn_pyg.data.label_graph import (
     multi_hot_from_lists,
     sparse_conditional_probability,
     sparse_cooccurrence_counts,

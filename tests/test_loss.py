@@ -3,7 +3,7 @@ import pytest
 import torch
 from timm.loss import AsymmetricLossMultiLabel
 
-from agcn_pyg.loss import asymmetric_loss
+from agcn_pyg.train.loss import asymmetric_loss
 
 
 def _asl_reference(logits, targets, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
@@ -85,7 +85,7 @@ def test_asl_finite_in_low_precision(batch, dtype):
 def test_reductions_without_timm_reduction_argument(batch, reduction):
     # timm releases before `reduction` (e.g. 1.0.29, on the GPU machines) always sum: the
     # fallback reduces timm's per-element loss itself. Compare with the float64 formula.
-    from agcn_pyg.loss import Float32AsymmetricLoss
+    from agcn_pyg.train.loss import Float32AsymmetricLoss
 
     logits, targets = batch
     loss_fn = Float32AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05, eps=1e-8,

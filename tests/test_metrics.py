@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-from agcn_pyg.metrics import (
+from agcn_pyg.train.metrics import (
     MultiLabelMetrics,
     deduplicate_predictions,
     format_table,

@@ -15,7 +15,7 @@ from collections import namedtuple
 import pytest
 import torch
 
-from agcn_pyg.checkpoint import (
+from agcn_pyg.train.checkpoint import (
     ModelSpec,
     TrainParts,
     TrainState,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from agcn_pyg.checkpoint import TrainParts
+from agcn_pyg.train.checkpoint import TrainParts
 from agcn_pyg.train import (
     EpochSampler,
     LoopConfig,

@@ -1,4 +1,4 @@
-"""Learned-graph heatmaps and the strongest-edges table (agcn_pyg.visualize)."""
+"""Learned-graph heatmaps and the strongest-edges table (agcn_pyg.tools.visualize)."""
 
 import csv
 import subprocess
@@ -10,8 +10,8 @@ import torch
 from tiny import NAMES, make_checkpoint
 
 from agcn_pyg import create_model
-from agcn_pyg.checkpoint import model_from_checkpoint
-from agcn_pyg.visualize import (
+from agcn_pyg.train.checkpoint import model_from_checkpoint
+from agcn_pyg.tools.visualize import (
     edges_to_csv,
     edges_to_markdown,
     plot_learned_graphs,

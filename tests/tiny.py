@@ -1,11 +1,11 @@
 """A tiny trained ML-AGCN checkpoint shared by the inference tests (plot, predict, export),
-written through agcn_pyg.checkpoint like a training run's last.pth."""
+written through agcn_pyg.train.checkpoint like a training run's last.pth."""
 
 import torch
 from timm.utils import ModelEmaV3
 
 from agcn_pyg import create_model
-from agcn_pyg.checkpoint import (
+from agcn_pyg.train.checkpoint import (
     ModelSpec,
     TrainParts,
     TrainState,

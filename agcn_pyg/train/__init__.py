@@ -17,8 +17,8 @@ module                      concern
 :mod:`.config`              --config YAML files, explicit flags, resumed configuration
 ==========================  ==============================================================
 
-The checkpoint format itself lives in :mod:`agcn_pyg.checkpoint`; process groups in
-:mod:`agcn_pyg.distributed`.
+The checkpoint format itself lives in :mod:`agcn_pyg.train.checkpoint`; process groups in
+:mod:`agcn_pyg.train.distributed`.
 """
 
 from agcn_pyg.train.config import (

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from agcn_pyg.checkpoint import atomic_write, load_tensors
-from agcn_pyg.data import CocoMultiLabel, ListFileMultiLabel
-from agcn_pyg.label_graph import LabelGraph
+from agcn_pyg.train.checkpoint import atomic_write, load_tensors
+from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel
+from agcn_pyg.data.label_graph import LabelGraph
 
 __all__ = ["DataConfig", "build_datasets", "demo_banner", "label_graph", "make_demo_data"]
 
@@ -102,7 +102,7 @@ def make_demo_data(root: str, spec: dict[str, Any], write: bool = True) -> DataC
     """The synthetic demo set (:func:`~agcn_pyg.make_synthetic_coco` with ``spec``) under
     ``root``, reused when ``root/demo.json`` records the same spec; ``write=False`` (ranks
     other than 0) only returns the paths."""
-    from agcn_pyg.synthetic import make_synthetic_coco
+    from agcn_pyg.data.synthetic import make_synthetic_coco
 
     marker = os.path.join(root, "demo.json")
     if write:
@@ -132,7 +132,7 @@ def demo_banner(model: str, image_size: int, device_type: str) -> str:
 
 def sparse_labels(train_set) -> torch.Tensor:
     """The ``[num_images, N]`` training labels as a sparse COO matrix: the datasets' stored
-    form (:meth:`~agcn_pyg.data.CocoMultiLabel.label_matrix`), never an [images, N] array."""
+    form (:meth:`~agcn_pyg.data.datasets.CocoMultiLabel.label_matrix`), never an [images, N] array."""
     if hasattr(train_set, "label_matrix"):
         return train_set.label_matrix()
     return train_set.labels.to(torch.bool).to_sparse()

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from agcn_pyg.checkpoint import model_from_checkpoint
-from agcn_pyg.metrics import gather_predictions, multilabel_metrics
+from agcn_pyg.train.checkpoint import model_from_checkpoint
+from agcn_pyg.train.metrics import gather_predictions, multilabel_metrics
 from agcn_pyg.train.loaders import build_eval_loader
 from agcn_pyg.train.logs import Progress
 from agcn_pyg.train.loop import LoopConfig
@@ -63,7 +63,7 @@ def evaluate(models: Mapping[str, nn.Module], loader: DataLoader, cfg: LoopConfi
     to choose).
 
     Under DDP the predictions (and losses) of all ranks are gathered in one call and
-    de-duplicated by dataset index (:func:`~agcn_pyg.metrics.gather_predictions`), so every
+    de-duplicated by dataset index (:func:`~agcn_pyg.train.metrics.gather_predictions`), so every
     validation image counts once; every rank gets the result. Unreadable images are left
     out, with a warning; none readable at all is a :class:`ValueError`.
     """
@@ -117,8 +117,8 @@ def evaluate_checkpoint(state: Mapping, val_set, cfg: LoopConfig, batch_size: in
     ``tune``, at the threshold that maximises that metric on ``val_set``: ``*_tuned``) and
     the parameter counts per model. ``loader_kwargs`` go to
     :func:`~agcn_pyg.train.build_eval_loader`."""
-    from agcn_pyg.model import count_parameters
-    from agcn_pyg.transforms import build_transforms
+    from agcn_pyg.models.mlagcn import count_parameters
+    from agcn_pyg.data.transforms import build_transforms
 
     names = list(state["label_names"])
     if list(val_set.label_names) != names:

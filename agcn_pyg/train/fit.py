@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
-from agcn_pyg.checkpoint import (
+from agcn_pyg.train.checkpoint import (
     ModelSpec,
     TrainParts,
     TrainState,
@@ -29,8 +29,8 @@ from agcn_pyg.checkpoint import (
     training_checkpoint,
     weights_checkpoint,
 )
-from agcn_pyg.distributed import all_gather_object, all_reduce_max, on_main
-from agcn_pyg.metrics import format_table
+from agcn_pyg.train.distributed import all_gather_object, all_reduce_max, on_main
+from agcn_pyg.train.metrics import format_table
 from agcn_pyg.train.evaluation import evaluate
 from agcn_pyg.train.logs import RunLogger
 from agcn_pyg.train.loop import EpochResult, LoopConfig, train_one_epoch

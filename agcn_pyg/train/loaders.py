@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from agcn_pyg.data import collate_skip_corrupt
+from agcn_pyg.data.datasets import collate_skip_corrupt
 from agcn_pyg.train.seeding import derive_seed, seed_everything
 
 __all__ = ["EpochSampler", "SeededDataset", "build_eval_loader", "build_train_loader",

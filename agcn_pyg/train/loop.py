@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from agcn_pyg.checkpoint import TrainParts
-from agcn_pyg.distributed import all_reduce_max, all_reduce_sum
+from agcn_pyg.train.checkpoint import TrainParts
+from agcn_pyg.train.distributed import all_reduce_max, all_reduce_sum
 from agcn_pyg.train.logs import Progress
 from agcn_pyg.train.signals import StopSignal
 

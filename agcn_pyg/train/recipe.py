@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agcn_pyg.checkpoint import TrainParts
+from agcn_pyg.train.checkpoint import TrainParts
 
 __all__ = ["RecipeConfig", "build_optimizer", "build_parts", "build_scheduler", "schedule_epoch"]
 

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agcn_pyg.checkpoint import (
+from agcn_pyg.train.checkpoint import (
     TEMP_PREFIX,
     CheckpointError,
     atomic_write,

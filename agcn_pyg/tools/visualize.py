@@ -11,7 +11,7 @@ ML-GCN keeps only the edges :math:`j \to i` with :math:`P(i \mid j) \ge \tau = 0
 ML-AGCN keeps them all and learns :math:`\mathbf{B}` and :math:`\mathbf{C}` on top. The
 edge table marks the strong learned edges with :math:`P(i \mid j) < \tau`: the rare
 co-occurrences that the thresholded graph would have dropped. :math:`P` is read back from
-the model's :math:`\mathbf{A}` (:func:`~agcn_pyg.label_graph.probability_from_adjacency`)
+the model's :math:`\mathbf{A}` (:func:`~agcn_pyg.data.label_graph.probability_from_adjacency`)
 in the reading the checkpoint records.
 """
 
@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from agcn_pyg.checkpoint import atomic_write
-from agcn_pyg.head import MultiLabelHead
-from agcn_pyg.model import MLAGCN
+from agcn_pyg.train.checkpoint import atomic_write
+from agcn_pyg.models.head import MultiLabelHead
+from agcn_pyg.models.mlagcn import MLAGCN
 
 __all__ = [
     "GRAPH_NAMES",
@@ -79,7 +79,7 @@ def _resolve(
 ) -> tuple[MultiLabelHead, list[str], str | None]:
     """The head, the label names and the recorded reading of A (``None`` when not
     recorded) of a checkpoint path/dict, a save_pretrained folder, an MLAGCN or a head."""
-    from agcn_pyg.checkpoint import LoadedModel, ModelSpec, load_checkpoint, load_model
+    from agcn_pyg.train.checkpoint import LoadedModel, ModelSpec, load_checkpoint, load_model
 
     kind = None
     if isinstance(model, (str, os.PathLike)) and not os.path.isdir(model):
@@ -280,14 +280,14 @@ def strongest_edges(
             (:meth:`~agcn_pyg.LabelGraph.adjacency`'s ``kind``), to read :math:`P` back.
             (default: :obj:`None`: the checkpoint's or model's record
             (``pretrained_cfg["adjacency"]``), ``"cooccurrence"`` for checkpoints written
-            before it; else :func:`~agcn_pyg.label_graph.infer_adjacency_kind`)
+            before it; else :func:`~agcn_pyg.data.label_graph.infer_adjacency_kind`)
 
     Returns:
         list[Edge]: ordered by layer, target label (in ``labels`` order) and rank.
     """
     if top_k < 1:
         raise ValueError(f"'top_k' must be at least 1 (got {top_k})")
-    from agcn_pyg.label_graph import infer_adjacency_kind, probability_from_adjacency
+    from agcn_pyg.data.label_graph import infer_adjacency_kind, probability_from_adjacency
 
     head, names, recorded = _resolve(model, label_names, use_ema)
     targets = _subset(names, labels)

@@ -563,7 +563,7 @@ class LabelGraph:
     def load(cls, path: str | os.PathLike) -> LabelGraph:
         """Loads a file written by :meth:`save` (``weights_only=True``: no code runs). Files
         written before ``adjacency_kind`` existed load with ``adjacency_kind=None``."""
-        from agcn_pyg.checkpoint import load_tensors  # (checkpoint imports this module)
+        from agcn_pyg.train.checkpoint import load_tensors  # (checkpoint imports this module)
 
         data = load_tensors(path)
         return cls(data["counts"], data["nums"], data.get("label_names"),
@@ -587,7 +587,7 @@ def label_graph_from_coco(ann_file_or_coco: Any) -> LabelGraph:
     """
     from pycocotools.coco import COCO
 
-    from agcn_pyg.data import read_coco
+    from agcn_pyg.data.datasets import read_coco
 
     if isinstance(ann_file_or_coco, COCO):
         coco = ann_file_or_coco

@@ -25,14 +25,14 @@ from torch_geometric.utils import (
     to_edge_index,
 )
 
-from agcn_pyg.complete import (
+from agcn_pyg.nn.complete import (
     CompleteGraphParts,
     SparseAdjacency,
     adjacency_matmul,
     complete_attention,
     unit_rows,
 )
-from agcn_pyg.conv_checks import (
+from agcn_pyg.nn.conv_checks import (
     check_complete,
     check_dense,
     check_dense_extras,
@@ -134,7 +134,7 @@ class AdaptiveGCNConv(MessagePassing):
     and pairs missing from :math:`\mathbf{A}` have :math:`a_{i,j} = 0`, as ML-AGCN's label
     graph requires. That path never forms an :obj:`[N, N]` matrix: :math:`\mathbf{A}` is
     applied as a sparse product, :math:`\mathbf{B}` by sorting the scores
-    (:func:`~agcn_pyg.complete.complete_attention`: :math:`O(N \log N + N F)` time,
+    (:func:`~agcn_pyg.nn.complete.complete_attention`: :math:`O(N \log N + N F)` time,
     :math:`O(N F)` memory, exact) and :math:`\mathbf{C}` as
     :math:`\hat{\mathbf{X}}(\hat{\mathbf{X}}^{\top}\mathbf{H})`. A dense adjacency uses the
     sorted :math:`\mathbf{B}` too where that is faster (:attr:`sorted_min_nodes`; the same
@@ -793,7 +793,7 @@ class AdaptiveGCNConv(MessagePassing):
         r"""What defines :math:`\mathbf{A}`, :math:`\mathbf{B}` and :math:`\mathbf{C}` on the
         complete graph, at any size: :math:`\mathbf{A}` as a sparse CSR matrix (self-loops
         included), the two halves of eq. 4's scores and the unit features of eq. 7
-        (:class:`~agcn_pyg.complete.CompleteGraphParts`; its :meth:`rows` builds any rows of
+        (:class:`~agcn_pyg.nn.complete.CompleteGraphParts`; its :meth:`rows` builds any rows of
         the three matrices). Accepts every graph form of one node set; a dense adjacency is
         made sparse (every self-loop present, as the complete graph of a dense adjacency
         has)."""

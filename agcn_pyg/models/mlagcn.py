@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agcn_pyg.backbone import create_backbone, pooled_feature_size
-from agcn_pyg.head import MultiLabelHead
+from agcn_pyg.models.backbone import create_backbone, pooled_feature_size
+from agcn_pyg.models.head import MultiLabelHead
 
 #: The data-config keys :meth:`MLAGCN.set_data_config` accepts (timm's).
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -37,7 +37,7 @@ class MLAGCN(nn.Module):
       feature), :meth:`get_classifier` (the graph head), :meth:`reset_classifier`,
       :meth:`set_grad_checkpointing`, :meth:`no_weight_decay`, :meth:`group_matcher`;
     * :meth:`save_pretrained` / :meth:`from_pretrained`: ``model.safetensors`` +
-      ``config.json``, no pickle (:mod:`agcn_pyg.pretrained`).
+      ``config.json``, no pickle (:mod:`agcn_pyg.models.pretrained`).
 
     Args:
         backbone (torch.nn.Module): A timm model built with ``num_classes=0``.
@@ -185,7 +185,7 @@ class MLAGCN(nn.Module):
         """Records in ``pretrained_cfg`` the preprocessing the model is trained and
         evaluated with (timm's keys :data:`DATA_CONFIG_KEYS`, e.g. the ASL recipe's squash
         resize: ``crop_mode="squash"``, ``crop_pct=1.0``,
-        :func:`~agcn_pyg.transforms.squash_data_config`), so that
+        :func:`~agcn_pyg.data.transforms.squash_data_config`), so that
         ``timm.data.resolve_data_config({}, model=model)`` returns it. The backbone's
         test-time recommendations (``test_input_size``, ``test_crop_pct``) are dropped."""
         unknown = sorted(set(data_config) - set(DATA_CONFIG_KEYS))
@@ -219,16 +219,16 @@ class MLAGCN(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Writes ``model.safetensors`` and ``config.json`` to ``folder``
-        (:func:`agcn_pyg.pretrained.save_pretrained`)."""
-        from agcn_pyg.pretrained import save_pretrained
+        (:func:`agcn_pyg.models.pretrained.save_pretrained`)."""
+        from agcn_pyg.models.pretrained import save_pretrained
 
         save_pretrained(self, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
         """Rebuilds a model written by :meth:`save_pretrained`
-        (:func:`agcn_pyg.pretrained.from_pretrained`)."""
-        from agcn_pyg.pretrained import from_pretrained
+        (:func:`agcn_pyg.models.pretrained.from_pretrained`)."""
+        from agcn_pyg.models.pretrained import from_pretrained
 
         return from_pretrained(folder, device=device)
 
@@ -335,7 +335,7 @@ def create_model(
             (``.safetensors``/``.pth``/``.pt``/``.bin``, or a folder holding
             ``model.safetensors`` or ``pytorch_model.bin``), read with ``weights_only=True``;
             its classifier is dropped and every other key must fit the backbone (see
-            :func:`agcn_pyg.backbone.load_backbone_weights`). Nothing is downloaded:
+            :func:`agcn_pyg.models.backbone.load_backbone_weights`). Nothing is downloaded:
             ``True`` and hub names are refused. (default: :obj:`None`, random init)
         learn_node_features (bool, optional): Make the node features trainable.
         head_kwargs (dict, optional): More :class:`~agcn_pyg.MultiLabelHead` /

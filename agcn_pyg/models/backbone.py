@@ -90,7 +90,7 @@ def _weights_path(pretrained: Any) -> str | None:
         if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
             os.path.join(path, "model.safetensors")
         ):
-            from agcn_pyg.pretrained import is_pretrained_folder
+            from agcn_pyg.models.pretrained import is_pretrained_folder
 
             if is_pretrained_folder(path):
                 raise ValueError(

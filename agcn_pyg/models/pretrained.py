@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from agcn_pyg.head import MultiLabelHead
-from agcn_pyg.model import MLAGCN, create_model
+from agcn_pyg.models.head import MultiLabelHead
+from agcn_pyg.models.mlagcn import MLAGCN, create_model
 
 __all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "from_pretrained", "is_pretrained_folder",
            "save_pretrained"]
@@ -32,7 +32,7 @@ def save_pretrained(model: MLAGCN, folder: str | os.PathLike) -> None:
     from safetensors.torch import save as safetensors_bytes
 
     from agcn_pyg import __version__
-    from agcn_pyg.checkpoint import atomic_write
+    from agcn_pyg.train.checkpoint import atomic_write
 
     if not isinstance(model, MLAGCN) or not isinstance(model.head, MultiLabelHead):
         raise TypeError(

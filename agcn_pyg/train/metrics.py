@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multilabel_average_precision
 
-from agcn_pyg.distributed import all_gather_rows, is_distributed
+from agcn_pyg.train.distributed import all_gather_rows, is_distributed
 
 __all__ = [
     "MultiLabelMetrics",

@@ -41,7 +41,7 @@ from typing import IO, Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from agcn_pyg.model import DATA_CONFIG_KEYS, MLAGCN, create_model
+from agcn_pyg.models.mlagcn import DATA_CONFIG_KEYS, MLAGCN, create_model
 
 __all__ = [
     "FORMAT",
@@ -220,7 +220,7 @@ def model_config(
         data_config=dict(data_config or {}),
     )
     if adjacency is not None:
-        from agcn_pyg.label_graph import ADJACENCY_KINDS
+        from agcn_pyg.data.label_graph import ADJACENCY_KINDS
 
         if adjacency not in ADJACENCY_KINDS:
             raise ValueError(f"'adjacency' must be one of {ADJACENCY_KINDS} (got {adjacency!r})")
@@ -418,7 +418,7 @@ class LoadedModel(NamedTuple):
 
 
 def _from_folder(folder: str) -> MLAGCN:
-    from agcn_pyg.pretrained import from_pretrained
+    from agcn_pyg.models.pretrained import from_pretrained
 
     return from_pretrained(folder)
 
@@ -428,7 +428,7 @@ def load_model(
     use_ema: bool = True,
 ) -> LoadedModel:
     """The one loader for inference: a checkpoint path or dict, a folder written by
-    :func:`~agcn_pyg.pretrained.save_pretrained`, or a model. Returns
+    :func:`~agcn_pyg.models.pretrained.save_pretrained`, or a model. Returns
     :class:`LoadedModel` ``(model, label_names, data_config)``, the model in eval mode (a
     model passed in is returned as it is).
 

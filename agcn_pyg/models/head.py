@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agcn_pyg.conv import AdaptiveGCNConv, AdaptiveGraphs
+from agcn_pyg.nn.conv import AdaptiveGCNConv, AdaptiveGraphs
 
 
 class MultiLabelHead(nn.Module):
@@ -44,12 +44,12 @@ class MultiLabelHead(nn.Module):
         in_features (int): Size :math:`D` of the pooled image feature.
         num_labels (int): Number of labels :math:`N`.
         adj (torch.Tensor): The fixed label graph :math:`\mathbf{A}`, :obj:`[N, N]`,
-            ``adj[i, j]`` = weight of :math:`j \to i` (see :mod:`agcn_pyg.label_graph`),
+            ``adj[i, j]`` = weight of :math:`j \to i` (see :mod:`agcn_pyg.data.label_graph`),
             dense or sparse (:obj:`torch.sparse` COO, CSR or CSC). Stored as a buffer
             (:obj:`adj`; for a sparse one :obj:`adj_index` and :obj:`adj_weight`, its
             :obj:`edge_index` and weights).
         node_features (torch.Tensor, optional): Label node features :math:`\mathbf{F}^{(0)}`,
-            :obj:`[N, d]`: word vectors, image embeddings (:mod:`agcn_pyg.node_features`).
+            :obj:`[N, d]`: word vectors, image embeddings (:mod:`agcn_pyg.data.node_features`).
             (default: :obj:`None`, the one-hot identity, :math:`d = N`, with which the
             parameter counts match the paper; up to :attr:`max_one_hot_labels` labels)
         hidden_channels (Sequence[int], optional): Output sizes of all layers but the last;
@@ -105,7 +105,7 @@ class MultiLabelHead(nn.Module):
                     f"MultiLabelHead.max_one_hot_labels = {self.max_one_hot_labels}: one-hot "
                     f"features would be an [N, N] matrix ({num_labels**2 * 4 / 2**30:.1f} GiB "
                     "in float32). Pass [N, d] label features (word vectors or image "
-                    "embeddings, see agcn_pyg.node_features)"
+                    "embeddings, see agcn_pyg.data.node_features)"
                 )
             node_features = torch.eye(num_labels)
         node_features = torch.as_tensor(node_features, dtype=torch.get_default_dtype())

@@ -1,0 +1,2 @@
+"""The tools behind ``examples/``: batched prediction, ``torch.export``, learned-graph plots
+and the command-line error handling they share."""
