@@ -1,6 +1,6 @@
 """agcn_pyg: ML-AGCN (Multi-Label Adaptive Graph Convolutional Network) for PyG and timm."""
 
-__version__ = "0.1.0"
+from agcn_pyg.version import __version__
 
 # Lowest layer first: nn and data, then models, train, tools (see the README's layout).
 from agcn_pyg.nn.conv import AdaptiveGCNConv, AdaptiveGraphs
@@ -20,8 +20,13 @@ from agcn_pyg.data.node_features import identity_features, image_embeddings, loa
 from agcn_pyg.data.synthetic import make_synthetic_coco
 from agcn_pyg.data.transforms import build_transforms, squash_data_config
 from agcn_pyg.models.head import MultiLabelHead
-from agcn_pyg.models.mlagcn import MLAGCN, count_parameters, create_model
-from agcn_pyg.models.pretrained import from_pretrained, save_pretrained
+from agcn_pyg.models.mlagcn import (
+    MLAGCN,
+    count_parameters,
+    create_model,
+    from_pretrained,
+    save_pretrained,
+)
 from agcn_pyg.train.loss import asymmetric_loss
 from agcn_pyg.train.metrics import MultiLabelMetrics, format_table, multilabel_metrics
 from agcn_pyg.tools.export import export_model, load_exported

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from agcn_pyg.train.checkpoint import atomic_write
+from agcn_pyg.io import atomic_write
 from agcn_pyg.tools.cli import check_output_folder, read_checkpoint, run
 from agcn_pyg.tools.visualize import (
     MLGCN_TAU,

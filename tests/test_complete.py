@@ -511,7 +511,7 @@ def test_head_needs_features_beyond_one_hot():
 
 
 def test_sparse_head_save_pretrained_and_reset_classifier(tmp_path):
-    from agcn_pyg.models.pretrained import from_pretrained, save_pretrained
+    from agcn_pyg import from_pretrained, save_pretrained
 
     n = 30
     g = torch.Generator().manual_seed(0)

@@ -173,7 +173,7 @@ class _FillingFile:
 
 @pytest.fixture
 def disk_full(monkeypatch):
-    """Makes every temporary file of :func:`~agcn_pyg.train.checkpoint.atomic_write` (and only
+    """Makes every temporary file of :func:`~agcn_pyg.io.atomic_write` (and only
     those, ending in ``disk_full.suffix``) fail with ENOSPC after ``disk_full.budget``
     bytes."""
     real_fdopen = os.fdopen

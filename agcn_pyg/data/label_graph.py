@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agcn_pyg.io import load_tensors
+
 __all__ = [
     "ADJACENCY_KINDS",
     "DEFAULT_ADJACENCY",
@@ -563,8 +565,6 @@ class LabelGraph:
     def load(cls, path: str | os.PathLike) -> LabelGraph:
         """Loads a file written by :meth:`save` (``weights_only=True``: no code runs). Files
         written before ``adjacency_kind`` existed load with ``adjacency_kind=None``."""
-        from agcn_pyg.train.checkpoint import load_tensors  # (checkpoint imports this module)
-
         data = load_tensors(path)
         return cls(data["counts"], data["nums"], data.get("label_names"),
                    data.get("adjacency_kind"))

@@ -2,8 +2,13 @@
 (:func:`create_model`), local pretrained weights and safetensors sharing."""
 
 from agcn_pyg.models.head import MultiLabelHead
-from agcn_pyg.models.mlagcn import MLAGCN, count_parameters, create_model
-from agcn_pyg.models.pretrained import from_pretrained, save_pretrained
+from agcn_pyg.models.mlagcn import (
+    MLAGCN,
+    count_parameters,
+    create_model,
+    from_pretrained,
+    save_pretrained,
+)
 
 __all__ = [
     "MLAGCN",

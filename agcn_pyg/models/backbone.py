@@ -11,6 +11,8 @@ import timm
 import torch
 from torch import nn
 
+from agcn_pyg.models.pretrained import is_pretrained_folder
+
 __all__ = ["create_backbone", "load_backbone_weights", "pooled_feature_size"]
 
 # Model names and weight sources that make timm reach the network.
@@ -90,8 +92,6 @@ def _weights_path(pretrained: Any) -> str | None:
         if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
             os.path.join(path, "model.safetensors")
         ):
-            from agcn_pyg.models.pretrained import is_pretrained_folder
-
             if is_pretrained_folder(path):
                 raise ValueError(
                     f"'pretrained' {path!r} holds a whole ML-AGCN model (save_pretrained); "

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from agcn_pyg.models.backbone import create_backbone, pooled_feature_size
 from agcn_pyg.models.head import MultiLabelHead
+from agcn_pyg.models.pretrained import read_pretrained, write_pretrained
 
 #: The data-config keys :meth:`MLAGCN.set_data_config` accepts (timm's).
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -219,17 +220,13 @@ class MLAGCN(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Writes ``model.safetensors`` and ``config.json`` to ``folder``
-        (:func:`agcn_pyg.models.pretrained.save_pretrained`)."""
-        from agcn_pyg.models.pretrained import save_pretrained
-
+        (:func:`save_pretrained`)."""
         save_pretrained(self, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
         """Rebuilds a model written by :meth:`save_pretrained`
-        (:func:`agcn_pyg.models.pretrained.from_pretrained`)."""
-        from agcn_pyg.models.pretrained import from_pretrained
-
+        (:func:`from_pretrained`)."""
         return from_pretrained(folder, device=device)
 
     # -- training helpers ----------------------------------------------------------------
@@ -384,3 +381,59 @@ def paper_parameter_counts(num_labels: int, num_layers: int, backbone: str = "tr
                          num_layers=num_layers)
     n = count_parameters(model)
     return n / 1e6, (n + num_labels**2) / 1e6
+
+
+def save_pretrained(model: MLAGCN, folder: str | os.PathLike) -> None:
+    """Writes ``model`` (as it is: call it on the EMA copy to share the EMA weights) to
+    ``folder`` in the sharing format of :mod:`agcn_pyg.models.pretrained`: safetensors weights
+    and the ``config.json`` :func:`from_pretrained` rebuilds it from."""
+    if not isinstance(model, MLAGCN) or not isinstance(model.head, MultiLabelHead):
+        raise TypeError(
+            f"'model' must be an MLAGCN with its graph head (got {type(model).__name__}"
+            f"{'' if not isinstance(model, MLAGCN) else ' without a head'})"
+        )
+    if model.config is None:
+        raise ValueError(
+            "'model' carries no config (it was assembled by hand): build it with "
+            "agcn_pyg.create_model so that from_pretrained can rebuild it"
+        )
+    param = next(model.parameters())
+    config = dict(
+        backbone=model.config["model_name"],
+        num_classes=model.num_classes,
+        num_features=model.num_features,
+        head_hidden_size=model.head_hidden_size,
+        label_names=model.label_names,
+        dtype=str(param.dtype).removeprefix("torch."),
+        model_config=model.config,
+        pretrained_cfg=model.pretrained_cfg,
+    )
+    write_pretrained(folder, model.state_dict(), config)
+
+
+def from_pretrained(folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
+    """Rebuilds the model :func:`save_pretrained` wrote to ``folder``, in eval mode, on
+    ``device``: same weights, label graph, node features, label names and
+    ``pretrained_cfg``, hence the same logits. Reads JSON and safetensors only (no pickle);
+    nothing is downloaded (the backbone is built without weights, then filled)."""
+    config, adj, node_features, state = read_pretrained(folder)
+    mc = config["model_config"]
+    model = create_model(
+        mc["model_name"],
+        mc["num_labels"],
+        adj,
+        hidden_channels=mc["hidden_channels"],
+        node_features=node_features,
+        learn_node_features=mc["learn_node_features"],
+        head_kwargs=mc["head_kwargs"],
+        label_names=config.get("label_names"),
+        **mc["timm_kwargs"],
+    )
+    model.to(getattr(torch, config.get("dtype", "float32")))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in '{folder}' do not fit the model its config.json "
+                         f"describes: {e}") from e
+    model.pretrained_cfg = config["pretrained_cfg"]
+    return model.to(device).eval()

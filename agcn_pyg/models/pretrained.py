@@ -1,70 +1,46 @@
-"""Sharing a trained ML-AGCN without pickle: ``save_pretrained`` writes a folder with
-``model.safetensors`` (every weight, the label graph :math:`\\mathbf{A}` as ``head.adj`` and
-the node features as ``head.node_features``) and ``config.json`` (backbone name, label
-names, the :func:`~agcn_pyg.create_model` arguments and ``pretrained_cfg``), in the layout
-Hugging Face and timm use; ``from_pretrained`` rebuilds the model from it alone."""
+r"""The sharing format: a folder with ``model.safetensors`` (every weight, the label graph
+:math:`\mathbf{A}` as ``head.adj`` and the node features as ``head.node_features``) and
+``config.json`` (backbone name, label names, the :func:`~agcn_pyg.create_model` arguments and
+``pretrained_cfg``), in the layout Hugging Face and timm use. This module owns the two files
+(write, read, recognise) and knows no model class: :func:`~agcn_pyg.save_pretrained` and
+:func:`~agcn_pyg.from_pretrained` (:mod:`agcn_pyg.models.mlagcn`) build the config and the model."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from agcn_pyg.models.head import MultiLabelHead
-from agcn_pyg.models.mlagcn import MLAGCN, create_model
+from agcn_pyg.io import atomic_write
+from agcn_pyg.version import __version__
 
-__all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "from_pretrained", "is_pretrained_folder",
-           "save_pretrained"]
+__all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "PretrainedFolder", "is_pretrained_folder",
+           "read_pretrained", "write_pretrained"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-#: ``config.json["format"]`` of folders written by :func:`save_pretrained`.
+#: ``config.json["format"]`` of folders written by :func:`write_pretrained`.
 FORMAT = "agcn_pyg.MLAGCN/1"
 
 
-def save_pretrained(model: MLAGCN, folder: str | os.PathLike) -> None:
-    """Writes ``model`` (as it is: call it on the EMA copy to share the EMA weights) to
-    ``folder``: :data:`WEIGHTS_FILE` holds the state dict as safetensors, tensors shared
-    between modules stored once each; :data:`CONFIG_FILE` the JSON description
-    :func:`from_pretrained` rebuilds it from. Each file is written atomically."""
+def write_pretrained(folder: str | os.PathLike, state_dict: dict[str, torch.Tensor],
+                     config: dict[str, Any]) -> None:
+    """Writes ``state_dict`` to :data:`WEIGHTS_FILE` as safetensors (tensors that share
+    storage, e.g. ``share_weights``, stored once each as copies) and ``config`` plus the
+    ``format`` and version tags to :data:`CONFIG_FILE`. Each file is written atomically."""
     from safetensors.torch import save as safetensors_bytes
 
-    from agcn_pyg import __version__
-    from agcn_pyg.train.checkpoint import atomic_write
-
-    if not isinstance(model, MLAGCN) or not isinstance(model.head, MultiLabelHead):
-        raise TypeError(
-            f"'model' must be an MLAGCN with its graph head (got {type(model).__name__}"
-            f"{'' if not isinstance(model, MLAGCN) else ' without a head'})"
-        )
-    if model.config is None:
-        raise ValueError(
-            "'model' carries no config (it was assembled by hand): build it with "
-            "agcn_pyg.create_model so that from_pretrained can rebuild it"
-        )
     tensors, seen = {}, set()
-    for name, value in model.state_dict().items():
+    for name, value in state_dict.items():
         value = value.detach().cpu().contiguous()
         storage = value.untyped_storage().data_ptr()
-        if value.numel() and storage in seen:  # e.g. share_weights: safetensors wants copies
+        if value.numel() and storage in seen:  # safetensors refuses shared storage
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         tensors[name] = value
-    param = next(model.parameters())
-    config = dict(
-        format=FORMAT,
-        agcn_pyg_version=__version__,
-        backbone=model.config["model_name"],
-        num_classes=model.num_classes,
-        num_features=model.num_features,
-        head_hidden_size=model.head_hidden_size,
-        label_names=model.label_names,
-        dtype=str(param.dtype).removeprefix("torch."),
-        model_config=model.config,
-        pretrained_cfg=model.pretrained_cfg,
-    )
+    config = dict(format=FORMAT, agcn_pyg_version=__version__, **config)
     try:
         text = json.dumps(config, indent=2, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -81,7 +57,7 @@ def save_pretrained(model: MLAGCN, folder: str | os.PathLike) -> None:
 
 
 def is_pretrained_folder(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds a model written by :func:`save_pretrained`."""
+    """Whether ``folder`` holds a model written by :func:`write_pretrained`."""
     path = os.path.join(folder, CONFIG_FILE)
     if not (os.path.isdir(folder) and os.path.isfile(path)):
         return False
@@ -92,11 +68,20 @@ def is_pretrained_folder(folder: str | os.PathLike) -> bool:
         return False
 
 
-def from_pretrained(folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
-    """Rebuilds the model :func:`save_pretrained` wrote to ``folder``, in eval mode, on
-    ``device``: same weights, label graph, node features, label names and
-    ``pretrained_cfg``, hence the same logits. Reads JSON and safetensors only (no pickle);
-    nothing is downloaded (the backbone is built without weights, then filled)."""
+class PretrainedFolder(NamedTuple):
+    """What :func:`read_pretrained` returns: the config (``pretrained_cfg`` with its tuples
+    back), the label graph and node features, and every weight."""
+
+    config: dict[str, Any]
+    adj: torch.Tensor
+    node_features: torch.Tensor
+    state_dict: dict[str, torch.Tensor]
+
+
+def read_pretrained(folder: str | os.PathLike) -> PretrainedFolder:
+    """Reads a folder written by :func:`write_pretrained`: JSON and safetensors only (no
+    pickle). A missing file, foreign JSON or a truncated safetensors file is a one-line
+    error that names the file."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -118,11 +103,10 @@ def from_pretrained(folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
             f"'{config_path}' was not written by agcn_pyg's save_pretrained (format {FORMAT}, "
             f"got {config.get('format') if isinstance(config, dict) else type(config).__name__})"
         )
-    mc = config["model_config"]
+    n = config["model_config"]["num_labels"]
     try:
         with safe_open(weights, framework="pt") as f:
             if "head.adj_index" in f.keys():  # a sparse label graph (MultiLabelHead)
-                n = mc["num_labels"]
                 index, weight = f.get_tensor("head.adj_index"), f.get_tensor("head.adj_weight")
                 adj = torch.sparse_coo_tensor(index.flip(0), weight, (n, n))
             else:
@@ -131,26 +115,8 @@ def from_pretrained(folder: str | os.PathLike, device: Any = "cpu") -> MLAGCN:
         state = load_file(weights)
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"'{weights}' is not a readable ML-AGCN safetensors file: {e}") from e
-
-    model = create_model(
-        mc["model_name"],
-        mc["num_labels"],
-        adj,
-        hidden_channels=mc["hidden_channels"],
-        node_features=node_features,
-        learn_node_features=mc["learn_node_features"],
-        head_kwargs=mc["head_kwargs"],
-        label_names=config.get("label_names"),
-        **mc["timm_kwargs"],
-    )
-    dtype = getattr(torch, config.get("dtype", "float32"))
-    model.to(dtype)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"'{weights}' does not fit the model of '{config_path}': {e}") from e
-    model.pretrained_cfg = _with_tuples(config["pretrained_cfg"])
-    return model.to(device).eval()
+    config["pretrained_cfg"] = _with_tuples(config["pretrained_cfg"])
+    return PretrainedFolder(config, adj, node_features, state)
 
 
 def _with_tuples(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from agcn_pyg.models.pretrained import is_pretrained_folder
 from agcn_pyg.train.checkpoint import load_checkpoint
 
 __all__ = ["check_output_file", "check_output_folder", "read_checkpoint", "run"]
@@ -18,7 +19,7 @@ def run(main: Callable[[], int], prog: str) -> int:
     """Calls ``main()`` and returns its exit status; a :class:`ValueError` (bad input or
     file) becomes ``prog: error: ...`` and status 2, an :class:`OSError` (missing file, full
     disk, no permission) the same line and status 1 (2 for a missing file), Ctrl-C status
-    130. Writes go through :func:`~agcn_pyg.train.checkpoint.atomic_write`, so after any of these
+    130. Writes go through :func:`~agcn_pyg.io.atomic_write`, so after any of these
     the files that were there before are intact."""
     try:
         return main()
@@ -40,11 +41,9 @@ def _one_line(e: BaseException) -> str:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | str:
     """A checkpoint file, read by :func:`~agcn_pyg.train.checkpoint.load_checkpoint` (an empty,
     truncated or foreign file is a one-line :class:`~agcn_pyg.train.checkpoint.CheckpointError`),
-    or the path of a folder written by :func:`~agcn_pyg.models.pretrained.save_pretrained`, which
+    or the path of a folder written by :func:`~agcn_pyg.save_pretrained`, which
     predict, plot_graph and export read themselves."""
     if os.path.isdir(path):
-        from agcn_pyg.models.pretrained import is_pretrained_folder
-
         if not is_pretrained_folder(path):
             raise ValueError(
                 f"checkpoint '{os.fspath(path)}' is a folder without the config.json and "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agcn_pyg.train.checkpoint import atomic_write
+from agcn_pyg.io import atomic_write
 from agcn_pyg.models.mlagcn import MLAGCN
 
 __all__ = ["METADATA_FILE", "ServingModel", "export_model", "load_exported"]
@@ -66,12 +66,12 @@ def export_model(
     The archive also holds :data:`METADATA_FILE`, JSON with ``label_names`` and
     ``data_config`` (input size, mean, std, interpolation), i.e. what a server needs to
     preprocess images and name the outputs; read it back with :func:`load_exported`. The
-    file is written atomically (:func:`~agcn_pyg.train.checkpoint.atomic_write`): interrupted or
+    file is written atomically (:func:`~agcn_pyg.io.atomic_write`): interrupted or
     out of disk space, the previous file at ``path`` stays as it was.
 
     Args:
         checkpoint: A checkpoint path or dict (see :mod:`agcn_pyg.train.checkpoint`), a folder
-            written by :func:`~agcn_pyg.models.pretrained.save_pretrained`, or an
+            written by :func:`~agcn_pyg.save_pretrained`, or an
             :class:`~agcn_pyg.MLAGCN`.
         example_input_size (Sequence[int], optional): ``(3, H, W)`` or ``(B, 3, H, W)`` of
             the example input; only ``H`` and ``W`` are fixed in the exported program.

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from agcn_pyg.train.checkpoint import LoadedModel, atomic_write, load_model
+from agcn_pyg.io import atomic_write
+from agcn_pyg.train.checkpoint import LoadedModel, load_model
 from agcn_pyg.data.datasets import read_rgb
 from agcn_pyg.models.mlagcn import MLAGCN
 
@@ -169,7 +170,7 @@ def predict(
     Args:
         checkpoint: A checkpoint path or dict written by
             :func:`~agcn_pyg.train.checkpoint.save_checkpoint`, a folder written by
-            :func:`~agcn_pyg.models.pretrained.save_pretrained`, or an :class:`~agcn_pyg.MLAGCN`.
+            :func:`~agcn_pyg.save_pretrained`, or an :class:`~agcn_pyg.MLAGCN`.
         paths: Image files and/or folders (searched recursively).
         threshold (float, optional): Report the labels whose probability
             :math:`\sigma(\text{logit})` is at least this. (default: :obj:`0.5`)

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from agcn_pyg.train.checkpoint import atomic_write
+from agcn_pyg.io import atomic_write
 from agcn_pyg.models.head import MultiLabelHead
 from agcn_pyg.models.mlagcn import MLAGCN
 

@@ -28,20 +28,20 @@ clear line. :func:`load_model` is the one loader for inference (predict, plot, e
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pickle
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from agcn_pyg.models.mlagcn import DATA_CONFIG_KEYS, MLAGCN, create_model
+from agcn_pyg.io import atomic_write, load_tensors, os_error_behind
+from agcn_pyg.models.mlagcn import DATA_CONFIG_KEYS, MLAGCN, create_model, from_pretrained
+from agcn_pyg.train.seeding import restore_rng_state
 
 __all__ = [
     "FORMAT",
@@ -50,10 +50,8 @@ __all__ = [
     "CheckpointWriteError",
     "LoadedModel",
     "ModelSpec",
-    "TEMP_PREFIX",
     "TrainParts",
     "TrainState",
-    "atomic_write",
     "checkpoint_nbytes",
     "load_checkpoint",
     "load_model",
@@ -67,8 +65,6 @@ __all__ = [
 
 #: Version tag of the format; bumped when a key changes meaning.
 FORMAT = "agcn_pyg/2"
-#: Prefix of :func:`atomic_write`'s temporary files (a crash may leave one behind).
-TEMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(ValueError):
@@ -85,41 +81,6 @@ class CheckpointWriteError(OSError):
 # ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Opens a temporary file in ``path``'s folder; on a clean exit flushes it to disk and
-    renames it over ``path``, so a crash leaves the old file or the new one, never half of
-    one. The file gets the mode a plain ``open`` would give it (mkstemp's is 0600)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1], dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` (torch.save wraps a failed write in a RuntimeError)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes ``state`` (plus the ``format`` tag) to ``path`` with :func:`atomic_write`.
 
@@ -132,21 +93,13 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
         with atomic_write(path) as f:
             torch.save({"format": FORMAT, **state}, f)
     except Exception as e:
-        os_error = _os_error(e)
+        os_error = os_error_behind(e)
         if os_error is None:
             raise
         reason = os_error.strerror or str(os_error)
         raise CheckpointWriteError(
             os_error.errno, f"cannot write checkpoint '{path}': {reason}; the previous "
             f"file there is intact") from e
-
-
-def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(..., weights_only=True)``: no code in the file runs. Sparse tensors (a
-    sparse label graph) are checked on the way in; torch's note that it does so is dropped."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
-        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -368,8 +321,6 @@ def restore_training(checkpoint: Mapping[str, Any], parts: TrainParts, rank: int
                      ) -> TrainState:
     """Loads model, EMA, optimizer, scheduler, grad scaler and this rank's RNG states from
     a training checkpoint; returns its :class:`TrainState`."""
-    from agcn_pyg.train.seeding import restore_rng_state
-
     if checkpoint.get("kind") != "training":
         raise CheckpointError("cannot resume from a weights checkpoint (best.pth); resume "
                               "from last.pth")
@@ -417,18 +368,12 @@ class LoadedModel(NamedTuple):
     data_config: dict[str, Any]
 
 
-def _from_folder(folder: str) -> MLAGCN:
-    from agcn_pyg.models.pretrained import from_pretrained
-
-    return from_pretrained(folder)
-
-
 def load_model(
     source: str | os.PathLike | Mapping[str, Any] | MLAGCN | LoadedModel,
     use_ema: bool = True,
 ) -> LoadedModel:
     """The one loader for inference: a checkpoint path or dict, a folder written by
-    :func:`~agcn_pyg.models.pretrained.save_pretrained`, or a model. Returns
+    :func:`~agcn_pyg.save_pretrained`, or a model. Returns
     :class:`LoadedModel` ``(model, label_names, data_config)``, the model in eval mode (a
     model passed in is returned as it is).
 
@@ -445,7 +390,7 @@ def load_model(
     if isinstance(source, MLAGCN):
         model = source
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        model = _from_folder(os.fspath(source)).eval()
+        model = from_pretrained(os.fspath(source))
     else:
         model, state = model_from_checkpoint(source, use_ema=use_ema)
         data_config = state["config"].get("data_config") or {}

@@ -57,7 +57,7 @@ def plot_curves(log_path: str | os.PathLike, out_dir: str | os.PathLike | None =
     """
     from matplotlib.figure import Figure
 
-    from agcn_pyg.train.checkpoint import atomic_write
+    from agcn_pyg.io import atomic_write
 
     records = read_log(log_path)
     if not records:

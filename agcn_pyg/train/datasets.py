@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agcn_pyg.train.checkpoint import atomic_write, load_tensors
+from agcn_pyg.io import atomic_write, load_tensors
 from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel
 from agcn_pyg.data.label_graph import LabelGraph
 

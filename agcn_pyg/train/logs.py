@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from agcn_pyg.train.checkpoint import atomic_write
+from agcn_pyg.io import atomic_write
 from agcn_pyg.train.metrics import TABLE_COLUMNS
 
 __all__ = ["Progress", "RunLogger", "is_terminal", "json_safe", "summary_row"]

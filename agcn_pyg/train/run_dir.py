@@ -22,10 +22,9 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agcn_pyg.io import TEMP_PREFIX, atomic_write
 from agcn_pyg.train.checkpoint import (
-    TEMP_PREFIX,
     CheckpointError,
-    atomic_write,
     load_checkpoint,
     save_checkpoint,
     weights_checkpoint,
