@@ -123,7 +123,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     converter (``checkpoint_filter_fn`` of its timm module, e.g. TResNet's from the original
     MIIL/ASL layout, or a ViT's position-embedding resize) then runs as in timm, and the
     classifier named in ``pretrained_cfg["classifier"]`` is dropped. Every remaining key
-    must match the backbone's keys and shapes, and every backbone key must be present;
+    must match the backbone's keys and shapes, and every backbone key must be present
+    except those PyTorch's own strict load fills in (the BatchNorm ``num_batches_tracked``
+    counters that many converted checkpoints lack, see :func:`_filled_on_load`);
     otherwise :class:`ValueError` reports how many keys matched, were missing and were
     unexpected, so weights cannot silently stay random.
     """
@@ -160,7 +162,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         state.pop(f"{name}.bias", None)
 
     expected = backbone.state_dict()
-    missing = [k for k in expected if k not in state]
+    filled = _filled_on_load(backbone, state)
+    missing = [k for k in expected if k not in state and k not in filled]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k}: file {_shape(state[k])}, model {list(v.shape)}"
@@ -189,6 +192,30 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
             )
         raise ValueError("\n  ".join(lines))
     backbone.load_state_dict(state, strict=True)
+
+
+# The norm layers whose loading supplies a missing ``num_batches_tracked`` (PyTorch's
+# _NormBase._load_from_state_dict; these public classes are all of its subclasses but the lazy ones).
+_COUNTING_NORMS = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)
+
+
+def _filled_on_load(backbone: nn.Module, state: dict) -> set[str]:
+    """The keys ``backbone.load_state_dict(state, strict=True)`` accepts as missing because
+    PyTorch fills them in: the ``num_batches_tracked`` counter of a norm layer that tracks
+    running statistics, when ``state`` records no version 2 or later for that layer (the
+    counter came with version 2; a ``.safetensors`` file or a converted checkpoint records
+    none). With the version recorded, PyTorch refuses a missing counter, and so do we."""
+    metadata = getattr(state, "_metadata", None) or {}
+    filled = set()
+    for name, module in backbone.named_modules():
+        if isinstance(module, _COUNTING_NORMS) and module.track_running_stats:
+            version = metadata.get(name, {}).get("version")
+            if version is None or version < 2:
+                filled.add(f"{name}.num_batches_tracked" if name else "num_batches_tracked")
+    return filled
 
 
 def _shape(value: Any) -> Any:
