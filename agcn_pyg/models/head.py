@@ -8,11 +8,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from agcn_pyg.nn.conv import AdaptiveGCNConv, AdaptiveGraphs
 
 
+@register_notrace_module  # a leaf for timm's torch.fx feature extraction (see forward)
 class MultiLabelHead(nn.Module):
     r"""A stack of :class:`~agcn_pyg.AdaptiveGCNConv` layers over the complete label graph that
     turns the :math:`N` label nodes into :math:`N` classifiers of the image feature size
@@ -40,6 +42,23 @@ class MultiLabelHead(nn.Module):
     memory, no :obj:`[N, N]` matrix. One-hot node features are an :obj:`[N, N]` matrix, so
     beyond :attr:`max_one_hot_labels` labels :obj:`node_features` must be given.
 
+    **Several attention heads** (:obj:`heads` :math:`H > 1`): every layer has :math:`H`
+    heads, each with its own :math:`\mathbf{W}`, attention and
+    :math:`\mathbf{B}_h, \mathbf{C}_h` (:class:`~agcn_pyg.AdaptiveGCNConv`'s ``heads``),
+    laid out as in a GAT: a hidden layer of size :math:`c` concatenates :math:`H` heads of
+    :math:`c / H` channels (:obj:`concat=True`; :math:`H` must divide :math:`c`) or averages
+    :math:`H` heads of :math:`c` channels (:obj:`concat=False`), and the last layer always
+    averages its :math:`H` heads of :math:`D` channels, so the classifiers stay :math:`D`-wide.
+    :obj:`heads=1` builds exactly the single-head layers of the paper.
+
+    **torch.fx**: the head is a leaf module for timm's tracer
+    (:func:`timm.layers.register_notrace_module`; :func:`timm.models.create_feature_extractor`
+    and ``features_only=True, feature_cls="fx"`` use it); with torchvision's
+    :func:`~torchvision.models.feature_extraction.create_feature_extractor` pass
+    ``tracer_kwargs={"leaf_modules": [MultiLabelHead]}``. Its classifiers come from graph
+    layers with data-dependent paths, which fx does not trace; they do not depend on the
+    batch, so nothing is lost by calling the head as one module.
+
     Args:
         in_features (int): Size :math:`D` of the pooled image feature.
         num_labels (int): Number of labels :math:`N`.
@@ -58,6 +77,11 @@ class MultiLabelHead(nn.Module):
         learn_node_features (bool, optional): Make the node features a parameter.
             (default: :obj:`False`)
         negative_slope (float, optional): LeakyReLU slope between layers. (default: :obj:`0.2`)
+        heads (int, optional): Attention heads :math:`H` of every layer. (default: :obj:`1`)
+        concat (bool, optional): Whether the hidden layers concatenate their heads (each
+            head then has ``hidden_channels[i] / heads`` channels) rather than average them;
+            the last layer always averages. Only used with :obj:`heads > 1`.
+            (default: :obj:`True`)
         **conv_kwargs (optional): Passed to every :class:`~agcn_pyg.AdaptiveGCNConv`
             (:obj:`attention`, :obj:`similarity`, :obj:`share_weights`, :obj:`dropout`, ...;
             :obj:`complete` defaults to :obj:`True` for a sparse :obj:`adj`).
@@ -79,11 +103,15 @@ class MultiLabelHead(nn.Module):
         hidden_channels: Sequence[int] = (1024,),
         learn_node_features: bool = False,
         negative_slope: float = 0.2,
+        heads: int = 1,
+        concat: bool = True,
         **conv_kwargs,
     ):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"'num_labels' must be at least 1 (got {num_labels})")
+        hidden_channels = tuple(int(c) for c in hidden_channels)
+        _check_heads(heads, concat, hidden_channels)
         adj = torch.as_tensor(adj)
         if tuple(adj.shape) != (num_labels, num_labels):
             raise ValueError(
@@ -120,6 +148,9 @@ class MultiLabelHead(nn.Module):
         self.in_features = in_features
         self.num_labels = num_labels
         self.negative_slope = negative_slope
+        self.hidden_channels = hidden_channels
+        self.heads = int(heads)
+        self.concat = bool(concat)
         if sparse:
             self.register_buffer("adj_index", adj_index)
             self.register_buffer("adj_weight", adj.to(torch.get_default_dtype()))
@@ -133,11 +164,21 @@ class MultiLabelHead(nn.Module):
         channels = [node_features.size(1), *hidden_channels, in_features]
         # The first layer's input is fixed unless learned: its C (eq. 7) is computed once.
         self.convs = nn.ModuleList(
-            AdaptiveGCNConv(c_in, c_out, cached=(i == 0 and not learn_node_features), **conv_kwargs)
+            self._layer(c_in, c_out, last=(i == len(channels) - 2),
+                        cached=(i == 0 and not learn_node_features), **conv_kwargs)
             for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True))
         )
         self._cache: tuple[list, Tensor] | None = None
         self.reset_parameters()
+
+    def _layer(self, c_in: int, c_out: int, last: bool, **conv_kwargs) -> AdaptiveGCNConv:
+        """One graph layer with :obj:`c_out` output channels (see the class docstring for
+        the multi-head layout)."""
+        if self.heads == 1:  # the paper's layer, built as before heads existed
+            return AdaptiveGCNConv(c_in, c_out, **conv_kwargs)
+        concat = self.concat and not last
+        per_head = c_out // self.heads if concat else c_out
+        return AdaptiveGCNConv(c_in, per_head, heads=self.heads, concat=concat, **conv_kwargs)
 
     def reset_parameters(self):
         for conv in self.convs:
@@ -202,6 +243,12 @@ class MultiLabelHead(nn.Module):
         return self
 
     def forward(self, features: Tensor) -> Tensor:
+        if isinstance(features, torch.fx.Proxy):  # traced through rather than as a leaf
+            raise TypeError(
+                "MultiLabelHead must be a leaf module when traced with torch.fx (its graph "
+                "layers are not fx-traceable): timm's create_feature_extractor does this; "
+                "with torchvision's, pass tracer_kwargs={'leaf_modules': [MultiLabelHead]}"
+            )
         if features.dim() != 2 or features.size(-1) != self.in_features:
             raise ValueError(
                 f"image features must be [batch, {self.in_features}] (got "
@@ -267,4 +314,18 @@ class MultiLabelHead(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_labels={self.num_labels}"
+        heads = f", heads={self.heads}, concat={self.concat}" if self.heads > 1 else ""
+        return f"in_features={self.in_features}, num_labels={self.num_labels}{heads}"
+
+
+def _check_heads(heads: int, concat: bool, hidden_channels: tuple[int, ...]) -> None:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"'heads' must be an integer of at least 1 (got {heads!r})")
+    if heads > 1 and concat:
+        uneven = [c for c in hidden_channels if c % heads]
+        if uneven:
+            raise ValueError(
+                f"'hidden_channels' {list(hidden_channels)} must be multiples of heads={heads}: "
+                f"a hidden layer concatenates {heads} heads of c / {heads} channels (got "
+                f"{uneven}); or pass concat=False to average {heads} heads of c channels"
+            )
