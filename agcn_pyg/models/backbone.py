@@ -162,8 +162,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         state.pop(f"{name}.bias", None)
 
     expected = backbone.state_dict()
+    absent = [k for k in expected if k not in state]
     filled = _filled_on_load(backbone, state)
-    missing = [k for k in expected if k not in state and k not in filled]
+    missing = [k for k in absent if k not in filled]  # what refuses the file
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k}: file {_shape(state[k])}, model {list(v.shape)}"
@@ -171,15 +172,19 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         if k in state and _shape(state[k]) != list(v.shape)
     ]
     if missing or unexpected or mismatched:
-        matched = len(expected) - len(missing) - len(mismatched)
+        matched = len(expected) - len(absent) - len(mismatched)
+        counters = len(absent) - len(missing)
         lines = [
             f"'pretrained' {path!r} does not fit the backbone {_arch(backbone)!r}: "
-            f"{matched} of {len(expected)} keys match, {len(missing)} missing, "
+            f"{matched} of {len(expected)} keys match, {len(absent)} missing, "
             f"{len(unexpected)} unexpected, {len(mismatched)} with another shape; nothing "
             f"was loaded"
         ]
+        if counters:
+            lines.append(f"({counters} of the missing keys are BatchNorm num_batches_tracked "
+                         f"counters, which alone would be accepted, as PyTorch does)")
         if missing:
-            lines.append(f"missing: {_head(missing)}")
+            lines.append(f"missing: {_head(missing + [k for k in absent if k in filled])}")
         if unexpected:
             lines.append(f"unexpected: {_head(unexpected)}")
         if mismatched:

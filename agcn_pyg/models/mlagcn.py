@@ -116,51 +116,128 @@ class MLAGCN(nn.Module):
     def reset_classifier(
         self,
         num_classes: int,
+        global_pool: str | None = None,
+        *,
         adj: Tensor | None = None,
         node_features: Tensor | None = None,
         label_names: Sequence[str] | None = None,
-        global_pool: str | None = None,
     ) -> None:
         """Replaces the graph head by a new, freshly initialised one for ``num_classes``
-        labels over the label graph ``adj`` (:obj:`[N, N]`), with the layer sizes and
-        options the model was created with. ``num_classes=0`` removes the head, so that
-        the model returns pooled features (timm's convention). ``adj`` may be left out when
-        ``num_classes`` is unchanged: the current graph and node features are kept.
-        ``global_pool`` is passed to the backbone's ``reset_classifier``."""
+        labels over the label graph ``adj`` (:obj:`[N, N]`), with the layer sizes, heads and
+        options the model was created with. As in timm, ``num_classes=0`` removes the head
+        (the model then returns pooled features) and ``global_pool`` (timm's second
+        positional argument) sets the backbone's pooling: ``reset_classifier(0, "")`` gives
+        unpooled features. ``adj`` may be left out when ``num_classes`` is unchanged: the
+        current graph and node features are kept. ``adj``, ``node_features`` and
+        ``label_names`` are keyword-only, after timm's arguments."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"'num_classes' must be an integer of at least 0 (got {num_classes!r})")
+        if global_pool is not None and not isinstance(global_pool, str):
+            raise TypeError(
+                f"'global_pool' (timm's second positional argument) must be a pooling type "
+                f"such as 'avg' or '' (got {type(global_pool).__name__}); pass the label "
+                f"graph as adj=..."
+            )
+        if num_classes > 0 and global_pool == "":
+            raise ValueError(
+                f"reset_classifier({num_classes}, global_pool=''): the graph head scores pooled "
+                "features; pass num_classes=0 for unpooled features, or a pooling type"
+            )
+        same = isinstance(self.head, MultiLabelHead) and num_classes == self.num_classes
+        if num_classes > 0 and adj is None:
+            if not same:
+                raise ValueError(
+                    f"'adj' (the [N, N] label graph, N = {num_classes}) is needed to "
+                    f"reset the classifier from {self.num_classes} to {num_classes} labels"
+                )
+            adj = self.head.adjacency().detach().clone()
+            if node_features is None:
+                node_features = self.head.node_features.detach().clone()
+        if label_names is None and same:
+            label_names = self.label_names
+        names = _checked_names(label_names, num_classes) if label_names is not None else None
         if global_pool is not None:
             self.backbone.reset_classifier(0, global_pool=global_pool)
-        if num_classes < 0:
-            raise ValueError(f"'num_classes' must be at least 0 (got {num_classes})")
-        pooled = pooled_feature_size(self.backbone)
-        if num_classes == 0:
-            self.head = nn.Identity()
-        else:
-            same = isinstance(self.head, MultiLabelHead) and num_classes == self.num_classes
-            if adj is None:
-                if not same:
-                    raise ValueError(
-                        f"'adj' (the [N, N] label graph, N = {num_classes}) is needed to "
-                        f"reset the classifier from {self.num_classes} to {num_classes} labels"
-                    )
-                adj = self.head.adjacency().detach().clone()
-                if node_features is None:
-                    node_features = self.head.node_features.detach().clone()
-            options = self._head_options()
-            ref = next(self.backbone.parameters(), None)
-            self.head = MultiLabelHead(
-                pooled, num_classes, adj, node_features=node_features, **options
-            )
-            if ref is not None:
-                self.head.to(device=ref.device, dtype=ref.dtype)
-            if label_names is None and same:
-                label_names = self.label_names
+            if self.config is not None:
+                self.config["timm_kwargs"]["global_pool"] = global_pool
+        self.head = nn.Identity() if num_classes == 0 else self._new_head(
+            num_classes, adj, node_features)
+        self._record_labels(num_classes, names)
+
+    def _new_head(self, num_classes: int, adj: Tensor, node_features: Tensor | None):
+        head = MultiLabelHead(pooled_feature_size(self.backbone), num_classes, adj,
+                              node_features=node_features, **self._head_options())
+        ref = next(self.backbone.parameters(), None)
+        if ref is not None:
+            head.to(device=ref.device, dtype=ref.dtype)
+        return head
+
+    def _record_labels(self, num_classes: int, label_names: tuple[str, ...] | None) -> None:
+        """``num_classes`` and the label names in ``config`` and ``pretrained_cfg``."""
         if self.config is not None:
             self.config["num_labels"] = num_classes
         cfg = self.pretrained_cfg
         cfg["num_classes"] = num_classes
         cfg.pop("label_names", None)
         if label_names is not None:
-            cfg["label_names"] = _checked_names(label_names, num_classes)
+            cfg["label_names"] = label_names
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The backbone's ``feature_info`` (channels ``num_chs``, ``reduction`` and
+        ``module`` of each feature level) with this model's module names
+        (``backbone.layer1``), as timm's feature extraction expects them."""
+        info = getattr(self.backbone, "feature_info", None)
+        if info is None:
+            raise AttributeError(f"the backbone {_arch(self.backbone)!r} has no feature_info")
+        out = [dict(level) for level in info]
+        for level in out:
+            if level.get("module"):
+                level["module"] = f"backbone.{level['module']}"
+        return out
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        **kwargs,
+    ):
+        """The backbone's ``forward_intermediates`` (timm's signature and meaning): the
+        feature maps of the levels ``indices`` (the last ``n`` for an int, all for
+        :obj:`None`) and, unless ``intermediates_only``, the final
+        :meth:`forward_features` output first: ``(final, [intermediates])``. Further
+        keyword arguments (e.g. a ViT's ``return_prefix_tokens``) go to the backbone."""
+        self._backbone_method("forward_intermediates")
+        return self.backbone.forward_intermediates(
+            x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only, **kwargs)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """The backbone's ``prune_intermediate_layers``: removes the layers after the last
+        of ``indices`` (and, with ``prune_norm``, the final norm) and returns the indices
+        kept. With ``prune_head``, the graph head goes too, as timm's classifier does
+        (``num_classes`` becomes 0)."""
+        self._backbone_method("prune_intermediate_layers")
+        kept = self.backbone.prune_intermediate_layers(
+            indices, prune_norm=prune_norm, prune_head=prune_head)
+        if prune_head:
+            self.head = nn.Identity()
+            self._record_labels(0, None)
+        return kept
+
+    def _backbone_method(self, name: str) -> None:
+        if not callable(getattr(self.backbone, name, None)):
+            raise NotImplementedError(
+                f"the backbone {_arch(self.backbone)!r} has no {name}() (timm added it "
+                f"model family by model family); use forward_features or timm's "
+                f"features_only=True on the backbone"
+            )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing in the backbone (its ``set_grad_checkpointing``)."""
@@ -211,8 +288,10 @@ class MLAGCN(nn.Module):
             )
         if isinstance(self.head, MultiLabelHead):
             return dict(
-                hidden_channels=[conv.out_channels for conv in self.head.convs[:-1]],
+                hidden_channels=list(self.head.hidden_channels),
                 learn_node_features=isinstance(self.head.node_features, nn.Parameter),
+                heads=self.head.heads,
+                concat=self.head.concat,
             )
         return {}
 
@@ -240,6 +319,11 @@ class MLAGCN(nn.Module):
         return param_groups_weight_decay(
             self, weight_decay, no_weight_decay_list=self.no_weight_decay()
         )
+
+
+def _arch(backbone: nn.Module) -> str:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(backbone).__name__
 
 
 def _checked_names(label_names: Sequence[str], num_labels: int) -> tuple[str, ...]:
@@ -296,8 +380,8 @@ def _model_pretrained_cfg(
 
 def create_model(
     model_name: str,
-    num_labels: int,
-    adj: Tensor,
+    num_labels: int | None = None,
+    adj: Tensor | None = None,
     num_layers: int = 2,
     hidden_channels: Sequence[int] | None = None,
     node_features: Tensor | None = None,
@@ -305,6 +389,7 @@ def create_model(
     learn_node_features: bool = False,
     head_kwargs: dict | None = None,
     label_names: Sequence[str] | None = None,
+    heads: int | None = None,
     **timm_kwargs,
 ) -> MLAGCN:
     """Builds ML-AGCN on the timm model ``model_name`` (Section 3.1).
@@ -315,13 +400,19 @@ def create_model(
     classifier (``forward_head(x, pre_logits=True)``: ``head_hidden_size`` features, which
     for MobileNetV3, GhostNet, HGNetV2 or LCNet exceeds ``num_features``).
 
+    ``num_labels=0`` (or timm's ``num_classes=0``) builds the model without its graph head,
+    as timm does: ``forward`` returns the pooled features (:obj:`[B, D]`; unpooled with
+    ``global_pool=""``), and no ``adj`` is needed. The head options given are kept, so
+    ``model.reset_classifier(N, adj=A)`` adds the head they describe later.
+
     Args:
         model_name (str): A timm model name, e.g. ``"tresnet_m"`` (the paper's backbone).
-        num_labels (int): Number of labels :math:`N`.
+        num_labels (int): Number of labels :math:`N`; ``num_classes`` (timm's name) is the
+            same argument. ``0`` builds no head.
         adj (torch.Tensor): The label graph :math:`\\mathbf{A}`, :obj:`[N, N]`, dense or
             sparse (:obj:`torch.sparse`: the layers then take the complete path, exact in
             :math:`O(N \\log N)`, for label sets of any size; see
-            :class:`~agcn_pyg.MultiLabelHead`).
+            :class:`~agcn_pyg.MultiLabelHead`). Required unless ``num_labels=0``.
         num_layers (int, optional): Number of graph layers; hidden layers have 1024 channels,
             as in the paper. (default: :obj:`2`)
         hidden_channels (Sequence[int], optional): Overrides ``num_layers``: the output sizes
@@ -336,19 +427,36 @@ def create_model(
             ``True`` and hub names are refused. (default: :obj:`None`, random init)
         learn_node_features (bool, optional): Make the node features trainable.
         head_kwargs (dict, optional): More :class:`~agcn_pyg.MultiLabelHead` /
-            :class:`~agcn_pyg.AdaptiveGCNConv` options, e.g. ``{"similarity": False}``.
+            :class:`~agcn_pyg.AdaptiveGCNConv` options, e.g. ``{"similarity": False}`` or
+            ``{"heads": 4, "concat": False}``.
         label_names (Sequence[str], optional): The :math:`N` label names, kept in
             ``model.pretrained_cfg["label_names"]``.
+        heads (int, optional): Attention heads of every graph layer (the head's multi-head
+            layout: :class:`~agcn_pyg.MultiLabelHead`); kept in ``head_kwargs["heads"]``, so
+            it travels with the model's config. (default: :obj:`None`, i.e. 1, the paper's)
         **timm_kwargs: Passed to :func:`timm.create_model`.
     """
+    num_labels = _num_labels(num_labels, timm_kwargs.pop("num_classes", None))
     if num_layers < 1:
         raise ValueError(f"'num_layers' must be at least 1 (got {num_layers})")
     if hidden_channels is None:
         hidden_channels = (1024,) * (num_layers - 1)
-    head_kwargs = dict(head_kwargs or {})
+    head_kwargs = _with_heads(dict(head_kwargs or {}), heads)
+    if num_labels == 0:
+        _check_headless(adj, node_features, label_names)
+    elif adj is None:
+        raise ValueError(
+            f"'adj' (the [N, N] label graph, N = {num_labels}) is required; pass "
+            f"num_labels=0 (timm's num_classes=0) for the model without its graph head"
+        )
+    elif timm_kwargs.get("global_pool") == "":
+        raise ValueError(
+            "global_pool='' leaves the features unpooled, but the graph head scores pooled "
+            "features; pass num_labels=0 (num_classes=0) for unpooled features"
+        )
 
     backbone = create_backbone(model_name, pretrained=pretrained, **timm_kwargs)
-    head = MultiLabelHead(
+    head = nn.Identity() if num_labels == 0 else MultiLabelHead(
         pooled_feature_size(backbone),
         num_labels,
         adj,
@@ -365,7 +473,52 @@ def create_model(
         head_kwargs=head_kwargs,
         timm_kwargs=dict(timm_kwargs),
     )
-    return MLAGCN(backbone, head, label_names=label_names, config=config)
+    names = label_names if num_labels > 0 else None
+    return MLAGCN(backbone, head, label_names=names, config=config)
+
+
+def _num_labels(num_labels: int | None, num_classes: int | None) -> int:
+    """``num_labels``, or timm's name for it, ``num_classes``: one of them, or both equal."""
+    if num_labels is None and num_classes is None:
+        raise TypeError(
+            "create_model() needs 'num_labels' (timm's 'num_classes'): the number of labels "
+            "N, or 0 for the model without its graph head"
+        )
+    if num_labels is not None and num_classes is not None and num_labels != num_classes:
+        raise ValueError(
+            f"'num_labels' ({num_labels}) and 'num_classes' ({num_classes}) are the same "
+            f"argument and disagree; pass one of them"
+        )
+    n = num_labels if num_labels is not None else num_classes
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"'num_labels' must be an integer of at least 0 (got {n!r})")
+    return n
+
+
+def _with_heads(head_kwargs: dict, heads: int | None) -> dict:
+    if heads is None:
+        return head_kwargs
+    if head_kwargs.get("heads", heads) != heads:
+        raise ValueError(
+            f"'heads' ({heads}) and head_kwargs['heads'] ({head_kwargs['heads']}) disagree; "
+            f"pass one of them"
+        )
+    if heads != 1 or "heads" in head_kwargs:
+        head_kwargs["heads"] = heads
+    return head_kwargs
+
+
+def _check_headless(adj, node_features, label_names) -> None:
+    """With ``num_labels=0`` there is no head: a label graph, node features or names for
+    some labels are a mistake (an empty one is accepted)."""
+    for name, value in (("adj", adj), ("node_features", node_features),
+                        ("label_names", label_names)):
+        if value is not None and len(value) > 0:
+            raise ValueError(
+                f"'{name}' was given for {len(value)} labels, but num_labels=0 builds the "
+                f"model without its graph head; add the head with "
+                f"model.reset_classifier(N, adj=...)"
+            )
 
 
 def count_parameters(module: nn.Module) -> int:
