@@ -152,6 +152,8 @@ def test_create_model_label_arguments_are_checked():
         create_model("resnet10t", 3, graph(3), global_pool="")
     with pytest.raises(ValueError, match="at least 0"):
         create_model("resnet10t", -1)
+    with pytest.raises(ValueError, match="features_only.*forward_intermediates"):
+        create_model("resnet10t", num_classes=0, features_only=True)
     assert create_model("resnet10t", 0, torch.zeros(0, 0)).num_classes == 0  # empty: fine
     assert create_model("resnet10t", num_classes=3, adj=graph(3)).num_classes == 3
 

@@ -61,6 +61,12 @@ def create_backbone(
                 f"'{key}' names a weight source ({sorted(k for k in source if source[k])}); "
                 f"pass local weights as pretrained='path' so that their keys are checked"
             )
+    if timm_kwargs.get("features_only"):
+        raise ValueError(
+            "'features_only=True' makes timm build a feature-map extractor, not a backbone "
+            "that pools; for feature maps use model.forward_intermediates(x, "
+            "intermediates_only=True), or timm.create_model(name, features_only=True) alone"
+        )
     path = _weights_path(pretrained)
     backbone = timm.create_model(model_name, pretrained=False, num_classes=0, **timm_kwargs)
     if path is not None:
