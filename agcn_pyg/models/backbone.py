@@ -206,7 +206,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
 
 
 # The norm layers whose loading supplies a missing ``num_batches_tracked`` (PyTorch's
-# _NormBase._load_from_state_dict; these public classes are all of its subclasses but the lazy ones).
+# _NormBase._load_from_state_dict; these public classes are all its subclasses but the lazy
+# ones).
 _COUNTING_NORMS = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,

@@ -131,7 +131,8 @@ class MLAGCN(nn.Module):
         current graph and node features are kept. ``adj``, ``node_features`` and
         ``label_names`` are keyword-only, after timm's arguments."""
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"'num_classes' must be an integer of at least 0 (got {num_classes!r})")
+            raise ValueError(
+                f"'num_classes' must be an integer of at least 0 (got {num_classes!r})")
         if global_pool is not None and not isinstance(global_pool, str):
             raise TypeError(
                 f"'global_pool' (timm's second positional argument) must be a pooling type "
