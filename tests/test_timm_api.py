@@ -312,6 +312,22 @@ def test_heads_layout(concat):
     assert head(torch.randn(2, d)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("heads,concat", [(1, True), (2, True), (2, False)])
+def test_heads_parameter_count(heads, concat):
+    """Each layer: W, W_src, W_dst of in x (H * C) (eq. 3-5, one set per head), two
+    attention vectors of H * C, and the bias: H * C when the heads are concatenated, C when
+    averaged. The last layer averages H heads of D channels."""
+    if heads > 1:
+        needs_conv_heads()
+    n, d, hidden = 5, 12, 8
+    head = MultiLabelHead(d, n, graph(n), hidden_channels=(hidden,), heads=heads, concat=concat)
+    per_head_hidden = hidden // heads if concat else hidden
+    layers = [(n, per_head_hidden, concat), (hidden, d, False)]
+    expected = sum(3 * c_in * heads * c + 2 * heads * c + (heads * c if cat else c)
+                   for c_in, c, cat in layers)
+    assert count_parameters(head) == expected
+
+
 def test_heads_round_trip_save_pretrained_checkpoint_and_reset(tmp_path):
     needs_conv_heads()
     model = build("resnet10t", n=3, heads=2).eval()
