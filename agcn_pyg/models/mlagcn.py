@@ -37,13 +37,18 @@ class MLAGCN(nn.Module):
     * :meth:`forward_features`, :meth:`forward_head` (``pre_logits=True`` gives the pooled
       feature), :meth:`get_classifier` (the graph head), :meth:`reset_classifier`,
       :meth:`set_grad_checkpointing`, :meth:`no_weight_decay`, :meth:`group_matcher`;
+    * feature extraction: :attr:`feature_info`, :meth:`forward_intermediates`,
+      :meth:`prune_intermediate_layers` (the backbone's), and :mod:`torch.fx` through timm's
+      tracer, for which the graph head is a leaf module;
+    * without a head (``create_model(name, num_classes=0)`` or ``reset_classifier(0)``),
+      ``forward`` returns the pooled features, unpooled with ``global_pool=""``;
     * :meth:`save_pretrained` / :meth:`from_pretrained`: ``model.safetensors`` +
       ``config.json``, no pickle (:mod:`agcn_pyg.models.pretrained`).
 
     Args:
         backbone (torch.nn.Module): A timm model built with ``num_classes=0``.
         head (MultiLabelHead): The graph head; its ``in_features`` must be the backbone's
-            pooled-feature size.
+            pooled-feature size (:class:`torch.nn.Identity` for a model without one).
         label_names (Sequence[str], optional): The :math:`N` label names.
         config (dict, optional): The :func:`create_model` arguments that rebuild the model
             (set by :func:`create_model`; needed by :meth:`save_pretrained`).
