@@ -159,9 +159,9 @@ def test_bipartite_lazy_and_repr():
     assert out.shape == (2, 8)
     assert conv.lin.weight.shape == conv.lin_src.weight.shape == (8, 3)
     assert conv.lin_dst.weight.shape == (8, 6)
-    assert str(conv) == "AdaptiveGCNConv((-1, -1), 8, similarity=False)"
+    assert str(conv) == "AdaptiveGCNConv((-1, -1), 8, heads=1, similarity=False)"
     assert str(AdaptiveGCNConv((8, 16), 32, similarity=False)) == (
-        "AdaptiveGCNConv((8, 16), 32, similarity=False)")
+        "AdaptiveGCNConv((8, 16), 32, heads=1, similarity=False)")
     # The paper's parameter count is unchanged by a pair of equal sizes.
     pair = AdaptiveGCNConv((80, 80), 2048)
     assert sum(p.numel() for p in pair.parameters()) == 3 * 80 * 2048 + 3 * 2048
