@@ -32,6 +32,9 @@ def oracle(conv, x_src, x_dst, pairs, bipartite=False, edge_attr=None, coefficie
     A dict passed as coefficients gets a_ij + b_ij,h + c_ij under (j, i, h)."""
     heads, c_out = conv.heads, conv.out_channels
     W = conv.lin.weight.to(DTYPE)
+    if conv.attention:
+        w_src, w_dst = conv.lin_src.weight.to(DTYPE), conv.lin_dst.weight.to(DTYPE)
+        a_src, a_dst = conv.att_src[0].to(DTYPE), conv.att_dst[0].to(DTYPE)
     coefficients = {} if coefficients is None else coefficients
     per_head = []
     for hd in range(heads):
@@ -43,8 +46,8 @@ def oracle(conv, x_src, x_dst, pairs, bipartite=False, edge_attr=None, coefficie
             if conv.attention and nbrs:
                 e = {}
                 for j in nbrs:
-                    z = (conv.att_dst[0, hd].to(DTYPE) @ (conv.lin_dst.weight[rows].to(DTYPE) @ x_dst[i])
-                         + conv.att_src[0, hd].to(DTYPE) @ (conv.lin_src.weight[rows].to(DTYPE) @ x_src[j]))  # eq. 4
+                    z = (a_dst[hd] @ (w_dst[rows] @ x_dst[i])
+                         + a_src[hd] @ (w_src[rows] @ x_src[j]))  # eq. 4
                     if edge_attr is not None:
                         z = z + conv.att_edge[0, hd].to(DTYPE) @ (
                             conv.lin_edge.weight[rows].to(DTYPE) @ edge_attr[(j, i)])
@@ -109,7 +112,7 @@ def with_loops(edges, n, fill=1.0):
 
 
 def dense_pairs(adj, nodes=None):
-    """Every pair of the given nodes is an edge j -> i with a_ij = adj[i, j] (the complete graph)."""
+    """The complete graph: every pair of the nodes is an edge j -> i, a_ij = adj[i, j]."""
     nodes = range(adj.size(0)) if nodes is None else nodes
     return {(j, i): float(adj[i, j]) for i in nodes for j in nodes}
 
@@ -196,7 +199,8 @@ def test_dense_batch_with_mask():
         close(out[b, nodes], want[nodes])
     assert out[1, 3].abs().sum() == 0
     _, coef = conv(x, adj, mask=mask, return_attention_weights=True)
-    assert coef.shape == (batch, n, n, 3) and coef[1, 3].abs().sum() == coef[1, :, 3].abs().sum() == 0
+    assert coef.shape == (batch, n, n, 3)
+    assert coef[1, 3].abs().sum() == coef[1, :, 3].abs().sum() == 0
 
 
 @pytest.mark.parametrize("add_self_loops", [True, False])
@@ -259,7 +263,7 @@ def test_gradients_match_the_oracle_and_gradcheck(path):
     index, weight = edge_tensors(edges)
     adj = torch.zeros(n, n, dtype=DTYPE)
     adj[index[1], index[0]] = weight
-    kw = {"complete": True} if path == "complete" else {"complete": False} if path == "masked" else {}
+    kw = {"complete": {"complete": True, "masked": False}.get(path)}
     conv = make(3, 2, heads=2, concat=path != "dense", residual=True, **kw)
     conv.dense_max_ratio = 0.0
     graph = (index, weight) if path in ("edge", "complete") else (adj,)
@@ -274,6 +278,32 @@ def test_gradients_match_the_oracle_and_gradcheck(path):
     assert torch.autograd.gradcheck(lambda v: conv(v, *graph), (x,))
 
 
+def test_heads_one_is_the_single_head_formula():
+    # heads=1 is ML-AGCN's layer: the loop above with one head, to 1e-12, on every path.
+    n = 6
+    x, edges = features(n), random_graph(n)
+    index, weight = edge_tensors(edges)
+    adj = torch.zeros(n, n, dtype=DTYPE)
+    adj[index[1], index[0]] = weight
+    conv = make(heads=1)
+    close(conv(x, index, weight), oracle(conv, x, x, with_loops(edges, n)), 1e-12)
+    close(conv(x, adj), oracle(conv, x, x, dense_pairs(adj)), 1e-12)
+    conv.sorted_min_nodes, conv.sorted_min_ratio = 0, 0.0
+    close(conv(x, adj), oracle(conv, x, x, dense_pairs(adj)), 1e-12)
+    conv.complete, conv.dense_max_ratio = True, 0.0
+    complete = {(j, i): edges.get((j, i), 0.0) for i in range(n) for j in range(n)}
+    complete.update({k: v for k, v in with_loops(edges, n).items() if k[0] == k[1]})
+    close(conv(x, index, weight), oracle(conv, x, x, complete), 1e-12)
+    conv.complete = False
+    close(conv(x, adj), oracle(conv, x, x, with_loops(edges, n)), 1e-12)
+    # ... with the single-head shapes: no head dimension.
+    conv.complete = None
+    _, (ei, alpha) = conv(x, index, weight, return_attention_weights=True)
+    _, coef = conv(x, adj, return_attention_weights=True)
+    assert alpha.shape == (ei.size(1),) and coef.shape == (n, n)
+    assert conv.graphs(x, index, weight).B.shape == (ei.size(1),)
+
+
 def test_heads_one_parameters_and_old_state_dict():
     conv = AdaptiveGCNConv(80, 2048)  # the paper's counts (REFERENCES.md)
     assert sum(p.numel() for p in conv.parameters()) == 3 * 80 * 2048 + 3 * 2048
@@ -286,7 +316,8 @@ def test_heads_one_parameters_and_old_state_dict():
     assert str(four) == "AdaptiveGCNConv(8, 4, heads=4)"
     # A file from before heads existed holds att_* as [1, C].
     small = AdaptiveGCNConv(3, 2)
-    state = {k: (v.squeeze(1) if k.startswith("att_") else v) for k, v in small.state_dict().items()}
+    state = {k: (v.squeeze(1) if k.startswith("att_") else v)
+             for k, v in small.state_dict().items()}
     fresh = AdaptiveGCNConv(3, 2)
     fresh.load_state_dict(state)
     close(fresh.att_src.data, small.att_src.data, 0.0)
@@ -319,7 +350,7 @@ def test_call_conventions_are_checked():
     conv = AdaptiveGCNConv(8, 4, heads=2)
     with pytest.raises(ValueError, match=r"'size' = \(4, 3\) does not match"):
         conv(x, edge_index, size=(4, 3))
-    with pytest.raises(TypeError, match="4th positional argument.*'size' and 'add_loop' by keyword"):
+    with pytest.raises(TypeError, match="4th positional.*'size' and 'add_loop' by keyword"):
         conv(x, edge_index, None, (4, 4))
     with pytest.raises(ValueError, match="add_loop=False.*complete=False"):
         conv(torch.randn(3, 8), torch.ones(3, 3), add_loop=False)
@@ -361,9 +392,10 @@ def test_two_head_layers_train_and_explain():
     edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
     model = Net()
     model(x, edge_index).sum().backward()
-    assert all(p.grad is not None and math.isfinite(float(p.grad.norm())) for p in model.parameters())
+    for p in model.parameters():
+        assert p.grad is not None and math.isfinite(float(p.grad.norm()))
+    config = dict(mode="multiclass_classification", task_level="node", return_type="raw")
     explainer = Explainer(model, AttentionExplainer(), explanation_type="model",
-                          edge_mask_type="object", model_config=dict(mode="multiclass_classification",
-                                                                 task_level="node", return_type="raw"))
+                          edge_mask_type="object", model_config=config)
     mask = explainer(x, edge_index, index=1).edge_mask
     assert mask.shape == (6,) and bool((mask >= 0).all())
