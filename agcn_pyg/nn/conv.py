@@ -63,7 +63,9 @@ class AdaptiveGraphs(NamedTuple):
     (``B[i, j]`` = weight of the edge :math:`j \to i`; :obj:`[B, N, N]` for a dense batch,
     :obj:`[N_dst, N_src]` for bipartite input) and :obj:`edge_index` is :obj:`None`.
     For sparse input they are :obj:`[E]` vectors aligned with :obj:`edge_index` (after
-    self-loops were added). A graph that is switched off is :obj:`None`.
+    self-loops were added). A graph that is switched off is :obj:`None`. With
+    :obj:`heads > 1`, :obj:`B` has one more dimension, the last (:obj:`[E, H]`,
+    :obj:`[N, N, H]`); :obj:`A` and :obj:`C` are shared by the heads.
     """
 
     edge_index: Tensor | None
@@ -82,7 +84,17 @@ class AdaptiveGCNConv(MessagePassing):
         + \mathbf{b},
 
     the non-linearity :math:`h` of eq. 3 being left to the caller, as for
-    :class:`~torch_geometric.nn.conv.GCNConv`. The three graphs are:
+    :class:`~torch_geometric.nn.conv.GCNConv`. With :obj:`heads` :math:`H > 1` (ours: the
+    paper has one head; nothing in eq. 3-7 forbids several) each head :math:`k` has its own
+    :math:`\mathbf{\Theta}^{k}` and attention graph :math:`\mathbf{B}^{k}`, while
+    :math:`\mathbf{A}` and :math:`\mathbf{C}` are shared, and the heads are concatenated as
+    in :class:`~torch_geometric.nn.conv.GATConv`,
+
+    .. math::
+        \mathbf{X}^{\prime} = \big\Vert_{k=1}^{H} \left(\mathbf{A} + \mathbf{B}^{k}
+        + \mathbf{C}\right) \mathbf{X} \mathbf{\Theta}^{k\top},
+
+    or averaged with :obj:`concat=False`. The three graphs are:
 
     * :math:`a_{i,j}`, the fixed graph (in ML-AGCN the label co-occurrence, with no
       threshold, normalised as in ML-GCN: :meth:`agcn_pyg.LabelGraph.adjacency`), given as
@@ -108,9 +120,13 @@ class AdaptiveGCNConv(MessagePassing):
     (eq. 4) is :obj:`lin_dst` for the target node :math:`i` and :obj:`lin_src` for the source
     :math:`j` (one module when :obj:`share_weights=True`); :math:`\mathbf{a}` is
     :obj:`att_dst` (first half) and :obj:`att_src` (second half); :obj:`bias` is
-    :math:`\mathbf{b}`. With the default three matrices a layer has
+    :math:`\mathbf{b}`. With the default three matrices and one head a layer has
     :math:`3 \cdot d_l d_{l+1} + 3 d_{l+1}` parameters, which reproduces the paper's
-    published parameter counts. Only :math:`\mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}` and
+    published parameter counts. Heads are stacked as in GATConv: rows :math:`k C` to
+    :math:`(k + 1) C` of :obj:`lin`, :obj:`lin_src`, :obj:`lin_dst` (and :obj:`lin_edge`)
+    and :obj:`att_src[0, k]`, :obj:`att_dst[0, k]` (each :obj:`[1, H, C]`) belong to head
+    :math:`k`; every path computes with per-head messages :obj:`[N, H, C]` and scores
+    :obj:`[N, H]`. Only :math:`\mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}` and
     :math:`\mathbf{a}_{d}^{\top}\mathbf{\Theta}_{d}` enter the scores, so the attention costs
     two matrix-vector products, not two extra matrix products (the same holds for the edge
     features: :math:`\mathbf{a}_{e}^{\top}\mathbf{\Theta}_{e}` is one vector).
@@ -120,15 +136,18 @@ class AdaptiveGCNConv(MessagePassing):
     * a **dense** :obj:`[N, N]` floating-point adjacency (``adj[i, j]`` = weight of
       :math:`j \to i`) is read as the *complete* graph with self-loops — every pair is an edge,
       zero-weight pairs included, as ML-AGCN's "no threshold" label graph requires. Scores
-      are an :obj:`[N, N]` matrix built from two :obj:`[N]` vectors; :math:`\mathbf{A} +
-      \mathbf{B} + \mathbf{C}` is formed once and applied with one matrix product; for
+      are an :obj:`[N, N]` matrix per head built from two :obj:`[N]` vectors;
+      :math:`\mathbf{A} + \mathbf{B}^{k} + \mathbf{C}` is formed once per head and applied
+      with one (batched) matrix product; for
       :math:`N > 2 d_{l+1}` the cosine term is applied as
       :math:`\hat{\mathbf{X}}(\hat{\mathbf{X}}^{\top}\mathbf{H})` without an :obj:`[N, N]`
       matrix. No :obj:`[E, F]` or :obj:`[N, N, F]` intermediate is built. A batch of graphs
       padded to :obj:`N` nodes, :obj:`x [B, N, F]` with :obj:`adj [B, N, N]` and a node
-      :obj:`mask [B, N]` as :class:`~torch_geometric.nn.dense.DenseGATConv` takes them, runs
-      on the same path with batched products; padded nodes neither send nor receive and
-      their outputs are zero.
+      :obj:`mask [B, N]` as :class:`~torch_geometric.nn.dense.DenseGATConv` takes them
+      (``conv(x, adj, mask)``: with a dense adjacency a bool third argument is the mask; a
+      2-D :obj:`adj` and an :obj:`[N]` mask are shared by the batch), runs on the same path
+      with batched products; padded nodes neither send nor receive and their outputs are
+      zero.
     * an :obj:`edge_index` (with optional :obj:`edge_weight` and :obj:`edge_attr`), a
       :obj:`torch.sparse` matrix or a :class:`torch_sparse.SparseTensor` (transposed layout,
       ``adj_t[i, j]`` = weight of :math:`j \to i`, as for
@@ -194,7 +213,12 @@ class AdaptiveGCNConv(MessagePassing):
         in_channels (int or tuple): Size of each input sample, or :obj:`-1` to derive it from
             the first input. A tuple :obj:`(src, dst)` gives the sizes of source and target
             features of bipartite input (each may be :obj:`-1`).
-        out_channels (int): Size of each output sample.
+        out_channels (int): Size of each output sample (per head).
+        heads (int, optional): Number of heads :math:`H`, each with its own
+            :math:`\mathbf{\Theta}`, attention weights and :math:`\mathbf{B}`;
+            :math:`\mathbf{A}` and :math:`\mathbf{C}` are shared. (default: :obj:`1`)
+        concat (bool, optional): If set to :obj:`False`, the heads' outputs are averaged
+            instead of concatenated. (default: :obj:`True`)
         attention (bool, optional): If set to :obj:`False`, leaves out :math:`\mathbf{B}`
             (the paper's Table 3 ablation) and its parameters. (default: :obj:`True`)
         similarity (bool, optional): If set to :obj:`False`, leaves out :math:`\mathbf{C}`.
@@ -242,6 +266,9 @@ class AdaptiveGCNConv(MessagePassing):
             stored entries of a sparse one. (default: :obj:`None`)
         bias (bool, optional): If set to :obj:`False`, the layer will not learn an additive
             bias. (default: :obj:`True`)
+        residual (bool, optional): If set to :obj:`True`, adds a learnable skip connection
+            :obj:`res` from the target features, as in
+            :class:`~torch_geometric.nn.conv.GATConv`. (default: :obj:`False`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -255,13 +282,19 @@ class AdaptiveGCNConv(MessagePassing):
           :math:`(|\mathcal{V}_t|, |\mathcal{V}_s|)` or :math:`(B, N, N)`;
           edge weights :math:`(|\mathcal{E}|)` and edge features :math:`(|\mathcal{E}|, D)`
           *(optional, edge indices only)*;
-          node mask :math:`(B, N)` *(optional, dense batches only)*
-        - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`, or
-          :math:`(B, N, F_{out})` for a dense batch; with :obj:`return_attention_weights=True`
-          also the combined coefficient :math:`a_{i,j} + b_{i,j} + c_{i,j}` of every edge:
-          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))` for edge indices, a sparse matrix in
-          the input's layout for sparse input, and the dense matrix (:obj:`[B, N, N]` for a
-          batch) for dense input.
+          node mask :math:`(B, N)` or :math:`(N)` *(optional, dense adjacency only)*
+        - **output:** node features :math:`(|\mathcal{V}_t|, H \cdot F_{out})`
+          (:math:`F_{out}` with :obj:`concat=False`), or :math:`(B, N, H \cdot F_{out})` for
+          a dense batch; with :obj:`return_attention_weights=True` also the combined
+          coefficient :math:`a_{i,j} + b^{k}_{i,j} + c_{i,j}` of every edge and head (eq. 3's,
+          not only the softmax: that is :meth:`graphs`' :math:`\mathbf{B}`):
+          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|, H))` for edge indices,
+          :class:`~torch_geometric.nn.conv.GATConv`'s pair :obj:`(adj, alpha)` for a
+          torch.sparse input (:obj:`adj` in the input's layout, :math:`(N_t, N_s, H)`;
+          :obj:`alpha` its values), a :class:`SparseTensor` :math:`(N_t, N_s, H)` for one,
+          and the dense matrix :math:`(N_t, N_s, H)` (:math:`(B, N, N, H)` for a batch) for
+          dense input. The head dimension comes last, as in GATConv; with :obj:`heads=1` it
+          is left out (:math:`(|\mathcal{E}|)`, :math:`(N_t, N_s)`).
 
     An empty graph or an isolated node is well defined: with self-loops added, node
     :math:`i` gets :math:`(a_{i,i} + 2 + c_{i,i})\mathbf{\Theta}\mathbf{x}_i + \mathbf{b}`
