@@ -961,11 +961,11 @@ class AdaptiveGCNConv(MessagePassing):
         diagonal: bool = False,
     ) -> Tensor:
         r"""Eq. 6, :math:`b_{i,j} = \alpha_{i,j} + [i = j] \max_k \alpha_{i,k}`, then attention
-        dropout. :obj:`alpha` is either per edge (:obj:`[E]`, with each edge's target
-        :obj:`index` and :obj:`is_loop`; no self term when :obj:`is_loop` is :obj:`None`) or
-        a dense :obj:`[..., N, N]` matrix whose diagonal holds the self-loops when
-        :obj:`diagonal` is set."""
-        if index is not None and is_loop is not None:  # alpha [E, H]
+        dropout, per head. :obj:`alpha` is either per edge (:obj:`[E, H]`, with each edge's
+        target :obj:`index` and :obj:`is_loop`; no self term when :obj:`is_loop` is
+        :obj:`None`) or dense :obj:`[..., H, N, N]` matrices whose diagonals hold the
+        self-loops when :obj:`diagonal` is set."""
+        if index is not None and is_loop is not None:
             row_max = scatter(alpha, index, dim=0, dim_size=dim_size, reduce="max")
             alpha = alpha + is_loop.to(alpha.dtype).unsqueeze(-1) * row_max[index]
         elif diagonal and alpha.size(-1) > 0:  # (an empty graph has no row maximum)
