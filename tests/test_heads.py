@@ -159,13 +159,14 @@ def test_attention_weights_and_graphs_per_head():
     close(alpha, (graphs.A + graphs.C).unsqueeze(-1) + graphs.B)
 
     # torch.sparse: GATConv's pair (adj, alpha), adj [N, N, H] in the input's layout.
-    adj_t = torch.sparse_coo_tensor(index.flip(0), weight, (n, n)).coalesce().to_sparse_csr()
-    _, (adj, values) = conv(x, adj_t, return_attention_weights=True)
-    assert adj.layout == torch.sparse_csr and adj.shape == (n, n, 3)
     dense = torch.zeros(n, n, 3, dtype=DTYPE)
     dense[ei[1], ei[0]] = alpha
-    close(adj.to_dense(), dense)
-    close(values, adj.values())
+    adj_t = torch.sparse_coo_tensor(index.flip(0), weight, (n, n)).coalesce()
+    for form in (adj_t, adj_t.to_sparse_csr(), adj_t.to_sparse_csc()):
+        _, (adj, values) = conv(x, form, return_attention_weights=True)
+        assert adj.layout == form.layout and adj.shape == (n, n, 3)
+        close(adj.to_dense(), dense)
+        close(values, adj.values())
 
 
 @pytest.mark.parametrize("concat", [True, False])
@@ -356,6 +357,9 @@ def test_call_conventions_are_checked():
         conv(torch.randn(3, 8), torch.ones(3, 3), add_loop=False)
     with pytest.raises(ValueError, match="'add_loop' is DenseGATConv's switch"):
         conv(x, edge_index, add_loop=True)
+    mask = torch.ones(3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="pass the mask once"):
+        conv(torch.randn(3, 8), torch.ones(3, 3), mask, mask=mask)
 
 
 def test_torchscript_is_refused_in_one_line():
