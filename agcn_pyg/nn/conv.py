@@ -52,7 +52,6 @@ from agcn_pyg.nn.conv_checks import (
     check_size,
     check_sparse,
     check_sparse_call,
-    describe,
 )
 
 
