@@ -194,8 +194,9 @@ def test_return_attention_weights_and_graphs():
 
     # The sparse input gets a sparse matrix back, in its layout.
     adj_t = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (n, n))
-    _, sp = conv(x, adj_t.to_sparse_csr(), return_attention_weights=True)
-    assert sp.layout == torch.sparse_csr
+    _, (sp, values) = conv(x, adj_t.to_sparse_csr(), return_attention_weights=True)
+    assert sp.layout == torch.sparse_csr  # GATConv's pair (adj, alpha)
+    torch.testing.assert_close(values, sp.values())
     dense_alpha = sp.to_dense()
     for (j, i), (a, b, c) in terms.items():
         assert abs(float(dense_alpha[i, j]) - (a + b + c)) < 1e-10
@@ -265,7 +266,7 @@ def test_ablation_without_attention_and_similarity_is_weighted_gcn():
         gcn.lin.weight.copy_(conv.lin.weight)
         gcn.bias.copy_(conv.bias)
     torch.testing.assert_close(conv(x, edge_index, edge_weight), gcn(x, edge_index, edge_weight))
-    assert str(conv) == "AdaptiveGCNConv(5, 3, attention=False, similarity=False)"
+    assert str(conv) == "AdaptiveGCNConv(5, 3, heads=1, attention=False, similarity=False)"
 
 
 def test_parameters_reproduce_paper_counts():
@@ -277,7 +278,7 @@ def test_parameters_reproduce_paper_counts():
     assert sum(p.numel() for p in shared.parameters()) == 2 * 80 * 2048 + 3 * 2048
     no_att = AdaptiveGCNConv(80, 2048, attention=False, bias=False)
     assert sum(p.numel() for p in no_att.parameters()) == 80 * 2048
-    assert str(conv) == "AdaptiveGCNConv(80, 2048)"
+    assert str(conv) == "AdaptiveGCNConv(80, 2048, heads=1)"
 
 
 def test_cached_similarity_matches_and_follows_its_input():

@@ -129,9 +129,10 @@ def test_bipartite_matches_reference(case):
     adj_t = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (5, 7))
     for form in (adj_t, adj_t.coalesce().to_sparse_csr(), adj_t.coalesce().to_sparse_csc()):
         torch.testing.assert_close(conv((x_src, x_dst), form), expected, rtol=1e-9, atol=1e-9)
-    _, sparse_coef = conv((x_src, x_dst), adj_t.coalesce().to_sparse_csr(),
-                          return_attention_weights=True)
+    _, (sparse_coef, values) = conv((x_src, x_dst), adj_t.coalesce().to_sparse_csr(),
+                                    return_attention_weights=True)  # GATConv's (adj, alpha)
     assert sparse_coef.shape == (5, 7) and sparse_coef.layout == torch.sparse_csr
+    torch.testing.assert_close(values, sparse_coef.values())
 
     graphs = conv.graphs((x_src, x_dst), edge_index, edge_weight)
     for k in range(graphs.edge_index.size(1)):
@@ -159,9 +160,9 @@ def test_bipartite_lazy_and_repr():
     assert out.shape == (2, 8)
     assert conv.lin.weight.shape == conv.lin_src.weight.shape == (8, 3)
     assert conv.lin_dst.weight.shape == (8, 6)
-    assert str(conv) == "AdaptiveGCNConv((-1, -1), 8, similarity=False)"
+    assert str(conv) == "AdaptiveGCNConv((-1, -1), 8, heads=1, similarity=False)"
     assert str(AdaptiveGCNConv((8, 16), 32, similarity=False)) == (
-        "AdaptiveGCNConv((8, 16), 32, similarity=False)")
+        "AdaptiveGCNConv((8, 16), 32, heads=1, similarity=False)")
     # The paper's parameter count is unchanged by a pair of equal sizes.
     pair = AdaptiveGCNConv((80, 80), 2048)
     assert sum(p.numel() for p in pair.parameters()) == 3 * 80 * 2048 + 3 * 2048
@@ -555,7 +556,8 @@ EI = torch.tensor([[0, 1, 2], [1, 2, 3]])
         (dict(), dict(x=torch.randn(2, 5, 4), edge_index=torch.rand(3, 5, 5)), ValueError,
          "batch sizes differ"),
         (dict(), dict(x=torch.randn(2, 5, 4), edge_index=torch.rand(2, 5, 5),
-                      mask=torch.ones(5, dtype=torch.bool)), ValueError, r"shape \[2, 5\]"),
+                      mask=torch.ones(3, 5, dtype=torch.bool)), ValueError,
+         r"shape \[2, 5\].*or \[5\]"),  # a [5] mask is shared by the batch, as in DenseGATConv
         (dict(), dict(x=torch.randn(2, 5, 4)), ValueError, "need a dense adjacency"),
         (dict(), dict(x=torch.randn(2, 2, 5, 4), edge_index=torch.rand(5, 5)), ValueError,
          r"\[batch, num_nodes, in_channels\]"),

@@ -547,12 +547,13 @@ class CompleteGraphParts(NamedTuple):
     :math:`b_{ij} = \mathrm{softmax}_j\,\mathrm{LeakyReLU}(s^{dst}_i + s^{src}_j)
     + [i = j]\max_k(\cdot)` and :math:`c_{ij} = \hat{\mathbf{x}}_i^\top\hat{\mathbf{x}}_j`;
     pairs :math:`(i, i)` of nodes without a self-loop (:obj:`has_loop`) are not edges.
-    :meth:`rows` builds any rows of the three matrices.
+    :meth:`rows` builds any rows of the three matrices. With several heads the scores are
+    :obj:`[N, H]` and :math:`\mathbf{B}`'s rows :obj:`[R, N, H]` (the head dimension last).
     """
 
     A: Tensor  # torch.sparse_csr [N, N], A[i, j] = weight of j -> i, self-loops included
-    s_src: Tensor | None  # [N], None without attention
-    s_dst: Tensor | None  # [N]
+    s_src: Tensor | None  # [N] ([N, H] for heads > 1), None without attention
+    s_dst: Tensor | None  # [N] ([N, H])
     x_hat: Tensor | None  # [N, d], None without similarity
     has_loop: Tensor | None  # [N] bool, None when every node has its self-loop
     negative_slope: float
@@ -563,11 +564,16 @@ class CompleteGraphParts(NamedTuple):
         index = torch.as_tensor(index, dtype=torch.long, device=self.A.device).view(-1)
         a = self.A.to_sparse_coo().index_select(0, index).to_dense()
         b = c = None
-        if self.s_src is not None:
-            b = _attention_rows(
-                None, self.s_dst.index_select(0, index), self.s_src, index, self.has_loop,
-                self.negative_slope,
-            )  # fmt: skip
+        if self.s_src is not None:  # per head ([N, H] scores) along the last dimension
+            s_dst, s_src = self.s_dst.index_select(0, index), self.s_src
+            if s_src.dim() == 1:
+                b = _attention_rows(None, s_dst, s_src, index, self.has_loop, self.negative_slope)
+            else:
+                b = torch.stack([
+                    _attention_rows(None, s_dst[:, k], s_src[:, k], index, self.has_loop,
+                                    self.negative_slope)
+                    for k in range(s_src.size(1))
+                ], dim=-1)  # fmt: skip
         if self.x_hat is not None:
             c = self.x_hat.index_select(0, index) @ self.x_hat.t()
             if self.has_loop is not None:

@@ -33,20 +33,25 @@ from agcn_pyg.nn.complete import (
     unit_rows,
 )
 from agcn_pyg.nn.conv_checks import (
+    check_call_flags,
     check_complete,
+    check_complete_loops,
     check_dense,
     check_dense_extras,
     check_dtype,
     check_edge_attr,
+    check_edge_attr_given,
     check_edge_index,
     check_features,
     check_finite,
+    check_heads,
     check_in_channels,
     check_node_dims,
     check_pair,
     check_pair_sizes,
+    check_size,
     check_sparse,
-    describe,
+    check_sparse_call,
 )
 
 
@@ -57,7 +62,9 @@ class AdaptiveGraphs(NamedTuple):
     (``B[i, j]`` = weight of the edge :math:`j \to i`; :obj:`[B, N, N]` for a dense batch,
     :obj:`[N_dst, N_src]` for bipartite input) and :obj:`edge_index` is :obj:`None`.
     For sparse input they are :obj:`[E]` vectors aligned with :obj:`edge_index` (after
-    self-loops were added). A graph that is switched off is :obj:`None`.
+    self-loops were added). A graph that is switched off is :obj:`None`. With
+    :obj:`heads > 1`, :obj:`B` has one more dimension, the last (:obj:`[E, H]`,
+    :obj:`[N, N, H]`); :obj:`A` and :obj:`C` are shared by the heads.
     """
 
     edge_index: Tensor | None
@@ -76,7 +83,17 @@ class AdaptiveGCNConv(MessagePassing):
         + \mathbf{b},
 
     the non-linearity :math:`h` of eq. 3 being left to the caller, as for
-    :class:`~torch_geometric.nn.conv.GCNConv`. The three graphs are:
+    :class:`~torch_geometric.nn.conv.GCNConv`. With :obj:`heads` :math:`H > 1` (ours: the
+    paper has one head; nothing in eq. 3-7 forbids several) each head :math:`k` has its own
+    :math:`\mathbf{\Theta}^{k}` and attention graph :math:`\mathbf{B}^{k}`, while
+    :math:`\mathbf{A}` and :math:`\mathbf{C}` are shared, and the heads are concatenated as
+    in :class:`~torch_geometric.nn.conv.GATConv`,
+
+    .. math::
+        \mathbf{X}^{\prime} = \big\Vert_{k=1}^{H} \left(\mathbf{A} + \mathbf{B}^{k}
+        + \mathbf{C}\right) \mathbf{X} \mathbf{\Theta}^{k\top},
+
+    or averaged with :obj:`concat=False`. The three graphs are:
 
     * :math:`a_{i,j}`, the fixed graph (in ML-AGCN the label co-occurrence, with no
       threshold, normalised as in ML-GCN: :meth:`agcn_pyg.LabelGraph.adjacency`), given as
@@ -102,9 +119,13 @@ class AdaptiveGCNConv(MessagePassing):
     (eq. 4) is :obj:`lin_dst` for the target node :math:`i` and :obj:`lin_src` for the source
     :math:`j` (one module when :obj:`share_weights=True`); :math:`\mathbf{a}` is
     :obj:`att_dst` (first half) and :obj:`att_src` (second half); :obj:`bias` is
-    :math:`\mathbf{b}`. With the default three matrices a layer has
+    :math:`\mathbf{b}`. With the default three matrices and one head a layer has
     :math:`3 \cdot d_l d_{l+1} + 3 d_{l+1}` parameters, which reproduces the paper's
-    published parameter counts. Only :math:`\mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}` and
+    published parameter counts. Heads are stacked as in GATConv: rows :math:`k C` to
+    :math:`(k + 1) C` of :obj:`lin`, :obj:`lin_src`, :obj:`lin_dst` (and :obj:`lin_edge`)
+    and :obj:`att_src[0, k]`, :obj:`att_dst[0, k]` (each :obj:`[1, H, C]`) belong to head
+    :math:`k`; every path computes with per-head messages :obj:`[N, H, C]` and scores
+    :obj:`[N, H]`. Only :math:`\mathbf{a}_{s}^{\top}\mathbf{\Theta}_{s}` and
     :math:`\mathbf{a}_{d}^{\top}\mathbf{\Theta}_{d}` enter the scores, so the attention costs
     two matrix-vector products, not two extra matrix products (the same holds for the edge
     features: :math:`\mathbf{a}_{e}^{\top}\mathbf{\Theta}_{e}` is one vector).
@@ -114,15 +135,18 @@ class AdaptiveGCNConv(MessagePassing):
     * a **dense** :obj:`[N, N]` floating-point adjacency (``adj[i, j]`` = weight of
       :math:`j \to i`) is read as the *complete* graph with self-loops — every pair is an edge,
       zero-weight pairs included, as ML-AGCN's "no threshold" label graph requires. Scores
-      are an :obj:`[N, N]` matrix built from two :obj:`[N]` vectors; :math:`\mathbf{A} +
-      \mathbf{B} + \mathbf{C}` is formed once and applied with one matrix product; for
+      are an :obj:`[N, N]` matrix per head built from two :obj:`[N]` vectors;
+      :math:`\mathbf{A} + \mathbf{B}^{k} + \mathbf{C}` is formed once per head and applied
+      with one (batched) matrix product; for
       :math:`N > 2 d_{l+1}` the cosine term is applied as
       :math:`\hat{\mathbf{X}}(\hat{\mathbf{X}}^{\top}\mathbf{H})` without an :obj:`[N, N]`
       matrix. No :obj:`[E, F]` or :obj:`[N, N, F]` intermediate is built. A batch of graphs
       padded to :obj:`N` nodes, :obj:`x [B, N, F]` with :obj:`adj [B, N, N]` and a node
-      :obj:`mask [B, N]` as :class:`~torch_geometric.nn.dense.DenseGATConv` takes them, runs
-      on the same path with batched products; padded nodes neither send nor receive and
-      their outputs are zero.
+      :obj:`mask [B, N]` as :class:`~torch_geometric.nn.dense.DenseGATConv` takes them
+      (``conv(x, adj, mask)``: with a dense adjacency a bool third argument is the mask; a
+      2-D :obj:`adj` and an :obj:`[N]` mask are shared by the batch), runs on the same path
+      with batched products; padded nodes neither send nor receive and their outputs are
+      zero.
     * an :obj:`edge_index` (with optional :obj:`edge_weight` and :obj:`edge_attr`), a
       :obj:`torch.sparse` matrix or a :class:`torch_sparse.SparseTensor` (transposed layout,
       ``adj_t[i, j]`` = weight of :math:`j \to i`, as for
@@ -188,7 +212,12 @@ class AdaptiveGCNConv(MessagePassing):
         in_channels (int or tuple): Size of each input sample, or :obj:`-1` to derive it from
             the first input. A tuple :obj:`(src, dst)` gives the sizes of source and target
             features of bipartite input (each may be :obj:`-1`).
-        out_channels (int): Size of each output sample.
+        out_channels (int): Size of each output sample (per head).
+        heads (int, optional): Number of heads :math:`H`, each with its own
+            :math:`\mathbf{\Theta}`, attention weights and :math:`\mathbf{B}`;
+            :math:`\mathbf{A}` and :math:`\mathbf{C}` are shared. (default: :obj:`1`)
+        concat (bool, optional): If set to :obj:`False`, the heads' outputs are averaged
+            instead of concatenated. (default: :obj:`True`)
         attention (bool, optional): If set to :obj:`False`, leaves out :math:`\mathbf{B}`
             (the paper's Table 3 ablation) and its parameters. (default: :obj:`True`)
         similarity (bool, optional): If set to :obj:`False`, leaves out :math:`\mathbf{C}`.
@@ -236,6 +265,9 @@ class AdaptiveGCNConv(MessagePassing):
             stored entries of a sparse one. (default: :obj:`None`)
         bias (bool, optional): If set to :obj:`False`, the layer will not learn an additive
             bias. (default: :obj:`True`)
+        residual (bool, optional): If set to :obj:`True`, adds a learnable skip connection
+            :obj:`res` from the target features, as in
+            :class:`~torch_geometric.nn.conv.GATConv`. (default: :obj:`False`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -249,13 +281,19 @@ class AdaptiveGCNConv(MessagePassing):
           :math:`(|\mathcal{V}_t|, |\mathcal{V}_s|)` or :math:`(B, N, N)`;
           edge weights :math:`(|\mathcal{E}|)` and edge features :math:`(|\mathcal{E}|, D)`
           *(optional, edge indices only)*;
-          node mask :math:`(B, N)` *(optional, dense batches only)*
-        - **output:** node features :math:`(|\mathcal{V}_t|, F_{out})`, or
-          :math:`(B, N, F_{out})` for a dense batch; with :obj:`return_attention_weights=True`
-          also the combined coefficient :math:`a_{i,j} + b_{i,j} + c_{i,j}` of every edge:
-          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))` for edge indices, a sparse matrix in
-          the input's layout for sparse input, and the dense matrix (:obj:`[B, N, N]` for a
-          batch) for dense input.
+          node mask :math:`(B, N)` or :math:`(N)` *(optional, dense adjacency only)*
+        - **output:** node features :math:`(|\mathcal{V}_t|, H \cdot F_{out})`
+          (:math:`F_{out}` with :obj:`concat=False`), or :math:`(B, N, H \cdot F_{out})` for
+          a dense batch; with :obj:`return_attention_weights=True` also the combined
+          coefficient :math:`a_{i,j} + b^{k}_{i,j} + c_{i,j}` of every edge and head (eq. 3's,
+          not only the softmax: that is :meth:`graphs`' :math:`\mathbf{B}`):
+          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|, H))` for edge indices,
+          :class:`~torch_geometric.nn.conv.GATConv`'s pair :obj:`(adj, alpha)` for a
+          torch.sparse input (:obj:`adj` in the input's layout, :math:`(N_t, N_s, H)`;
+          :obj:`alpha` its values), a :class:`SparseTensor` :math:`(N_t, N_s, H)` for one,
+          and the dense matrix :math:`(N_t, N_s, H)` (:math:`(B, N, N, H)` for a batch) for
+          dense input. The head dimension comes last, as in GATConv; with :obj:`heads=1` it
+          is left out (:math:`(|\mathcal{E}|)`, :math:`(N_t, N_s)`).
 
     An empty graph or an isolated node is well defined: with self-loops added, node
     :math:`i` gets :math:`(a_{i,i} + 2 + c_{i,i})\mathbf{\Theta}\mathbf{x}_i + \mathbf{b}`
@@ -286,6 +324,8 @@ class AdaptiveGCNConv(MessagePassing):
         self,
         in_channels: int | tuple[int, int],
         out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
         attention: bool = True,
         similarity: bool = True,
         share_weights: bool = False,
@@ -298,6 +338,7 @@ class AdaptiveGCNConv(MessagePassing):
         cached: bool = False,
         complete: bool | None = None,
         bias: bool = True,
+        residual: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("aggr", "add")
@@ -311,6 +352,8 @@ class AdaptiveGCNConv(MessagePassing):
 
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.heads = check_heads(heads)
+        self.concat = concat
         self.attention = attention
         self.similarity = similarity
         self.share_weights = share_weights
@@ -322,32 +365,39 @@ class AdaptiveGCNConv(MessagePassing):
         self.edge_fill_value = edge_fill_value
         self.cached = cached
         self.complete = complete
+        self.residual = residual
         self._cached_similarity: tuple | None = None
         self._cached_adjacency: tuple | None = None
 
-        self.lin = Linear(in_src, out_channels, bias=False, weight_initializer="glorot")
+        # One W_h, W_src,h, W_dst,h (and a_h) per head, stacked as GATConv stacks them:
+        # rows h * C to (h + 1) * C of each weight belong to head h.
+        width = heads * out_channels
+        self.lin = Linear(in_src, width, bias=False, weight_initializer="glorot")
         self.lin_src = self.lin_dst = self.lin_edge = None
         if attention:
-            self.lin_src = Linear(in_src, out_channels, bias=False, weight_initializer="glorot")
+            self.lin_src = Linear(in_src, width, bias=False, weight_initializer="glorot")
             self.lin_dst = self.lin_src
             if not share_weights:
-                self.lin_dst = Linear(
-                    in_dst, out_channels, bias=False, weight_initializer="glorot"
-                )
-            self.att_src = Parameter(torch.empty(1, out_channels))
-            self.att_dst = Parameter(torch.empty(1, out_channels))
+                self.lin_dst = Linear(in_dst, width, bias=False, weight_initializer="glorot")
+            self.att_src = Parameter(torch.empty(1, heads, out_channels))
+            self.att_dst = Parameter(torch.empty(1, heads, out_channels))
         else:
             self.register_parameter("att_src", None)
             self.register_parameter("att_dst", None)
 
         if edge_dim is not None:
-            self.lin_edge = Linear(edge_dim, out_channels, bias=False, weight_initializer="glorot")
-            self.att_edge = Parameter(torch.empty(1, out_channels))
+            self.lin_edge = Linear(edge_dim, width, bias=False, weight_initializer="glorot")
+            self.att_edge = Parameter(torch.empty(1, heads, out_channels))
         else:
             self.register_parameter("att_edge", None)
 
+        total_out_channels = width if concat else out_channels
+        self.res = None
+        if residual:  # GATConv's learnable skip connection, from the target features
+            self.res = Linear(in_dst, total_out_channels, bias=False, weight_initializer="glorot")
+
         if bias:
-            self.bias = Parameter(torch.empty(out_channels))
+            self.bias = Parameter(torch.empty(total_out_channels))
         else:
             self.register_parameter("bias", None)
 
@@ -357,7 +407,7 @@ class AdaptiveGCNConv(MessagePassing):
         super().reset_parameters()
         self._cached_similarity = None
         self._cached_adjacency = None
-        for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge):
+        for lin in (self.lin, self.lin_src, self.lin_dst, self.lin_edge, self.res):
             if lin is not None:
                 lin.reset_parameters()
         glorot(self.att_src)
@@ -373,6 +423,8 @@ class AdaptiveGCNConv(MessagePassing):
         return_attention_weights: bool | None = None,
         edge_attr: OptTensor = None,
         mask: OptTensor = None,
+        size: tuple[int, int] | None = None,
+        add_loop: bool | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]] | tuple[Tensor, Tensor]:
         r"""Runs the layer.
 
@@ -384,31 +436,47 @@ class AdaptiveGCNConv(MessagePassing):
                 a sparse adjacency :obj:`[N_dst, N_src]`, or a dense floating-point adjacency
                 :obj:`[N_dst, N_src]` or :obj:`[B, N, N]`.
             edge_weight (torch.Tensor, optional): The fixed weights :math:`a_{j \to i}` of
-                :obj:`edge_index`, :obj:`[E]`. (default: :obj:`None`, all ones)
+                :obj:`edge_index`, :obj:`[E]` (as in :class:`~torch_geometric.nn.conv.GCNConv`;
+                not :class:`~torch_geometric.nn.conv.GATConv`'s :obj:`edge_attr`). With a
+                dense adjacency a bool tensor here is the node :obj:`mask`, so that
+                :class:`~torch_geometric.nn.dense.DenseGATConv`'s ``conv(x, adj, mask)``
+                works. (default: :obj:`None`, all ones)
             return_attention_weights (bool, optional): If set to :obj:`True`, also returns
-                the combined coefficient :math:`a + b + c` of every edge.
-                (default: :obj:`None`)
+                the combined coefficient :math:`a + b_h + c` of every edge and head (see
+                *Shapes*). (default: :obj:`None`)
             edge_attr (torch.Tensor, optional): Edge features :obj:`[E, edge_dim]` of
-                :obj:`edge_index` for eq. 4's score. (default: :obj:`None`)
+                :obj:`edge_index` for eq. 4's score; required when the layer has
+                :obj:`edge_dim`. (default: :obj:`None`)
             mask (torch.Tensor, optional): Boolean node mask :obj:`[B, N]` of a dense batch
-                (as :func:`~torch_geometric.utils.to_dense_batch` returns it); masked nodes
-                neither send nor receive, and their outputs are zero. (default: :obj:`None`)
+                (as :func:`~torch_geometric.utils.to_dense_batch` returns it), or :obj:`[N]`
+                for every graph of the batch; masked nodes neither send nor receive, and
+                their outputs are zero. (default: :obj:`None`)
+            size ((int, int), optional): :class:`~torch_geometric.nn.conv.GATConv`'s shape
+                :obj:`(N_src, N_dst)` of the adjacency; the node features fix it, so it is
+                only checked against them. (default: :obj:`None`)
+            add_loop (bool, optional): :class:`~torch_geometric.nn.dense.DenseGATConv`'s
+                switch for a dense adjacency: with :obj:`complete=False`, whether the missing
+                self-loops are added (weight :obj:`fill_value`) for this call; :obj:`None`
+                follows :obj:`add_self_loops`. The complete graph of a dense adjacency has
+                every self-loop, so there :obj:`False` is refused. (default: :obj:`None`)
         """
+        check_call_flags(return_attention_weights, add_loop)
         x_src, x_dst, bipartite = self._node_features(x, edge_attr)
+        check_size(size, x_src.size(-2), x_dst.size(-2))
         if _is_dense_adjacency(edge_index):
+            edge_weight, mask = _mask_from_third_argument(edge_weight, mask)
             check_dense_extras(edge_weight, edge_attr)
+            check_edge_attr_given(self.edge_dim, edge_attr, edge_weight)
             if self.complete is False:  # the non-zero entries are the edges (DenseGATConv)
                 return self._masked_dense_forward(
-                    x_src, x_dst, edge_index, mask, bipartite, return_attention_weights
+                    x_src, x_dst, edge_index, mask, bipartite, return_attention_weights, add_loop
                 )
+            check_complete_loops(add_loop)
             return self._dense_forward(
                 x_src, x_dst, edge_index, mask, bipartite, return_attention_weights
             )
-        if mask is not None:
-            raise ValueError(
-                "'mask' marks the padded nodes of a dense batch and needs a dense adjacency "
-                f"'edge_index' (got {describe(edge_index)})"
-            )
+        check_sparse_call(edge_index, mask, add_loop)
+        check_edge_attr_given(self.edge_dim, edge_attr, edge_weight)
         if self.complete:
             check_complete(bipartite, edge_attr)
             return self._complete_forward(x_src, edge_index, edge_weight, return_attention_weights)
@@ -426,27 +494,57 @@ class AdaptiveGCNConv(MessagePassing):
         mask: OptTensor = None,
     ) -> AdaptiveGraphs:
         r"""Returns :math:`\mathbf{A}`, :math:`\mathbf{B}` and :math:`\mathbf{C}` (eq. 3)
-        separately, for inspection and plots; see :class:`AdaptiveGraphs`. Takes the inputs
-        of :meth:`forward`. Dropout is not applied."""
+        separately, for inspection and plots; see :class:`AdaptiveGraphs` (:math:`\mathbf{B}`
+        per head, the head dimension last, when :obj:`heads > 1`). Takes the inputs of
+        :meth:`forward`. Dropout is not applied."""
         x_src, x_dst, bipartite = self._node_features(x, edge_attr)
         training, self.training = self.training, False  # no dropout on B
         try:
             if _is_dense_adjacency(edge_index):
+                edge_weight, mask = _mask_from_third_argument(edge_weight, mask)
                 check_dense_extras(edge_weight, edge_attr)
+                check_edge_attr_given(self.edge_dim, edge_attr, edge_weight)
                 if self.complete is False:
-                    return AdaptiveGraphs(
-                        None, *self._masked_dense_terms(x_src, x_dst, edge_index, mask, bipartite)
-                    )
+                    A, B, C = self._masked_dense_terms(x_src, x_dst, edge_index, mask, bipartite)
+                    return AdaptiveGraphs(None, A, self._public(B, -3), C)
                 return self._dense_graphs(x_src, x_dst, edge_index, mask, bipartite)
+            check_edge_attr_given(self.edge_dim, edge_attr, edge_weight)
             if self.complete:
                 check_complete(bipartite, edge_attr)
                 adj = self._sparse_adjacency(x_src, edge_index, edge_weight)
                 return AdaptiveGraphs(None, *self._complete_matrices(x_src, adj))
             graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
             a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
-            return AdaptiveGraphs(graph.edge_index, a, b, c)
+            return AdaptiveGraphs(graph.edge_index, a, self._public(b, -1), c)
         finally:
             self.training = training
+
+    # Heads -------------------------------------------------------------------------------
+
+    def _split_heads(self, h: Tensor) -> Tensor:
+        """[..., N, H * C] -> [..., N, H, C]: the per-head messages W_h x_j."""
+        return h.unflatten(-1, (self.heads, self.out_channels))
+
+    def _finish(self, out: Tensor, x_dst: Tensor, mask: OptTensor = None) -> Tensor:
+        """[..., N, H, C] per head -> the layer's output: heads concatenated (or averaged,
+        :obj:`concat=False`), GATConv's residual, the bias, and zeros for masked nodes."""
+        out = out.flatten(-2) if self.concat else out.mean(dim=-2)
+        if self.res is not None:
+            out = out + self.res(x_dst)
+        if self.bias is not None:
+            out = out + self.bias
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)  # padded nodes output zeros
+        return out
+
+    def _public(self, b: OptTensor, head_dim: int) -> OptTensor:
+        """A per-head tensor as returned to the user: the head dimension last, as GATConv's
+        [E, H] attention; left out when heads=1 (the single-head shapes [E], [N, N])."""
+        if b is None:
+            return None
+        if self.heads == 1:
+            return b.squeeze(head_dim)
+        return b.movedim(head_dim, -1)
 
     # Message passing ---------------------------------------------------------------------
 
@@ -456,18 +554,20 @@ class AdaptiveGCNConv(MessagePassing):
     ):
         graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
         a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
-        alpha = a
+        # alpha [E, H] = a + b_h + c per head (A and C are shared: [E, 1] without attention)
+        alpha = a.unsqueeze(-1)
         if b is not None:
             alpha = alpha + b
         if c is not None:
-            alpha = alpha + c
+            alpha = alpha + c.unsqueeze(-1)
 
         size = (x_src.size(0), x_dst.size(0))
-        out = self.propagate(graph.edge_index, x=self.lin(x_src), alpha=alpha, size=size)
-        if self.bias is not None:
-            out = out + self.bias
+        h = self._split_heads(self.lin(x_src))  # [N_src, H, C]
+        out = self.propagate(graph.edge_index, x=h, alpha=alpha, size=size)  # [N_dst, H, C]
+        out = self._finish(out, x_dst)
 
         if return_attention_weights:
+            alpha = self._public(alpha.expand(-1, self.heads), -1)
             return out, _as_layout(graph.edge_index, alpha, graph.layout, size)
         return out
 
@@ -518,7 +618,7 @@ class AdaptiveGCNConv(MessagePassing):
         dim_size: int | None,
     ) -> tuple[Tensor, OptTensor, OptTensor]:
         b = None
-        if self.attention:
+        if self.attention:  # scores [E, H]: each head's softmax is its own (eq. 4-6)
             e = s_i + s_j if s_edge is None else s_i + s_j + s_edge
             e = F.leaky_relu(e, self.negative_slope)  # eq. 4
             if index.numel() == 0:
@@ -529,50 +629,65 @@ class AdaptiveGCNConv(MessagePassing):
         return edge_weight, b, c
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
-        # `alpha` is the combined a + b + c; PyG's AttentionExplainer reads it by name.
+        # `alpha` [E, H] is the combined a + b_h + c; PyG's AttentionExplainer reads it by
+        # name. x_j [E, H, C] holds each head's W_h x_j.
         return alpha.unsqueeze(-1).to(x_j.dtype) * x_j
 
     # Dense path --------------------------------------------------------------------------
 
     def _dense_forward(self, x_src, x_dst, adj, mask, bipartite, return_attention_weights):
         mask = check_dense(x_src, x_dst, adj, mask, bipartite)
-        h = self.lin(x_src)
+        h = self.lin(x_src)  # [..., N, H * C]
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
-        coef = adj.to(x_src.dtype)
-        attended = None
-        if self.attention:
-            if self._sorted_attention(adj, mask, bipartite, return_attention_weights):
-                # B h by sorting the scores: the same numbers without an [N, N] softmax.
-                attended = self._complete_attention(x_src, h, None)
-            else:
-                coef = coef + self._dense_attention(x_src, x_dst, mask, bipartite)
-
+        shared = adj.to(x_src.dtype)  # A, then A + C: one matrix for every head
         factored = None
         if self.similarity:
-            coef, factored = self._add_dense_similarity(coef, x_src, x_dst,
-                                                        return_attention_weights)
-
-        out = coef @ h
+            shared, factored = self._add_dense_similarity(shared, x_src, x_dst,
+                                                          return_attention_weights)
+        attention, attended = None, None
+        if self.attention:
+            if self._sorted_attention(x_src, adj, mask, bipartite, return_attention_weights):
+                # B h by sorting the scores: the same numbers without an [N, N] softmax.
+                attended = self._complete_attention(x_src, self._split_heads(h), None)
+            else:
+                attention = self._dense_attention(x_src, x_dst, mask, bipartite)
+        out, coef = self._dense_aggregate(shared, attention, h)
         if attended is not None:
             out = out + attended
         if factored is not None:
             x_hat_src, x_hat_dst = factored
-            out = out + x_hat_dst @ (x_hat_src.transpose(-1, -2) @ h)
-        if self.bias is not None:
-            out = out + self.bias
-        if mask is not None:
-            out = out * mask.unsqueeze(-1).to(out.dtype)  # padded nodes output zeros
+            out = out + self._split_heads(x_hat_dst @ (x_hat_src.transpose(-1, -2) @ h))
+        out = self._finish(out, x_dst, mask)
 
         if return_attention_weights:
-            return out, _mask_pairs(coef, mask)
+            per_head = attention is not None
+            return out, self._public_matrix(_mask_pairs(coef, mask, per_head), per_head)
         return out
 
-    def _sorted_attention(self, adj, mask, bipartite, return_attention_weights) -> bool:
+    def _dense_aggregate(self, shared: Tensor, attention: OptTensor, h: Tensor):
+        """Eq. 3 per head, (A + B_h + C) W_h X: [..., N, H, C], and the coefficient matrices
+        (shared [..., N, N] without attention, else [..., H, N, N])."""
+        if attention is None:  # one matrix for all heads: one product over H * C columns
+            return self._split_heads(shared @ h), shared
+        coef = shared.unsqueeze(-3) + attention  # [..., H, N_dst, N_src]
+        out = coef @ self._split_heads(h).movedim(-2, -3)  # [..., H, N_dst, C]
+        return out.movedim(-3, -2), coef
+
+    def _public_matrix(self, coef: Tensor, per_head: bool) -> Tensor:
+        """Dense coefficients as returned: [..., N, N], or [..., N, N, H] when heads > 1."""
+        if per_head:
+            return self._public(coef, -3)
+        if self.heads == 1:
+            return coef
+        return coef.unsqueeze(-1).expand(*coef.shape, self.heads)
+
+    def _sorted_attention(self, x, adj, mask, bipartite, return_attention_weights) -> bool:
         """Whether a dense adjacency's B goes the sorted way (see sorted_min_nodes)."""
         n = adj.size(-1)
         return (
             adj.dim() == 2
+            and x.dim() == 2
             and mask is None
             and not bipartite
             and not return_attention_weights
@@ -582,27 +697,27 @@ class AdaptiveGCNConv(MessagePassing):
             and 0.0 < self.negative_slope <= 1.0
         )
 
-    def _masked_dense_forward(self, x_src, x_dst, adj, mask, bipartite, return_attention_weights):
+    def _masked_dense_forward(
+        self, x_src, x_dst, adj, mask, bipartite, return_attention_weights, add_loop=None
+    ):
         """complete=False: eq. 3-7 over the non-zero entries of a dense adjacency only."""
-        A, B, C = self._masked_dense_terms(x_src, x_dst, adj, mask, bipartite)
-        coef = A if B is None else A + B
-        coef = coef if C is None else coef + C
-        out = coef @ self.lin(x_src)
-        if self.bias is not None:
-            out = out + self.bias
-        if mask is not None:
-            out = out * mask.unsqueeze(-1).to(out.dtype)  # padded nodes output zeros
+        A, B, C = self._masked_dense_terms(x_src, x_dst, adj, mask, bipartite, add_loop)
+        shared = A if C is None else A + C
+        out, coef = self._dense_aggregate(shared, B, self.lin(x_src))
+        out = self._finish(out, x_dst, mask)
         if return_attention_weights:
-            return out, coef
+            return out, self._public_matrix(coef, B is not None)
         return out
 
-    def _masked_dense_terms(self, x_src, x_dst, adj, mask, bipartite):
+    def _masked_dense_terms(self, x_src, x_dst, adj, mask, bipartite, add_loop=None):
         """A, B, C over the pattern of adj's non-zero entries (plus the added self-loops),
-        as dense matrices, zero off the pattern: the edge_index path in matrix form."""
+        as dense matrices, zero off the pattern: the edge_index path in matrix form. B per
+        head, [..., H, N, N]."""
         mask = check_dense(x_src, x_dst, adj, mask, bipartite)
         adj = adj.to(x_src.dtype)
         edge = adj != 0
-        if self.add_self_loops and not bipartite:  # the missing ones, weight fill_value
+        add_loops = self.add_self_loops if add_loop is None else add_loop
+        if add_loops and not bipartite:  # the missing ones, weight fill_value
             missing = ~edge.diagonal(dim1=-2, dim2=-1)
             adj = adj.clone()
             adj.diagonal(dim1=-2, dim2=-1).masked_fill_(missing, self.fill_value)
@@ -613,15 +728,14 @@ class AdaptiveGCNConv(MessagePassing):
         A = adj * edge
         B = C = None
         if self.attention:
-            s_src, s_dst = self._attention_scores(x_src, x_dst)
-            e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(-2), self.negative_slope)
+            e = self._dense_scores(x_src, x_dst)  # [..., H, N_dst, N_src]
             # The most negative finite score, not -inf: a row without edges stays finite.
-            e = e.masked_fill(~edge, torch.finfo(e.dtype).min)
-            alpha = torch.softmax(e, dim=-1) * edge  # eq. 5 over each row's edges
+            e = e.masked_fill(~edge.unsqueeze(-3), torch.finfo(e.dtype).min)
+            alpha = torch.softmax(e, dim=-1) * edge.unsqueeze(-3)  # eq. 5 over each row's edges
             B = alpha
             if not bipartite and alpha.size(-1) > 0:  # eq. 6 where the self-loop is an edge
                 B = alpha.clone()
-                loop = edge.diagonal(dim1=-2, dim2=-1)
+                loop = edge.diagonal(dim1=-2, dim2=-1).unsqueeze(-2)
                 B.diagonal(dim1=-2, dim2=-1).add_(alpha.amax(dim=-1) * loop)
             B = F.dropout(B, p=self.dropout, training=self.training)
         if self.similarity:
@@ -638,7 +752,8 @@ class AdaptiveGCNConv(MessagePassing):
         # C = x_hat x_hat^T costs N^2 F_in; applying it as x_hat (x_hat^T H) costs
         # 2 N F_in F_out, the cheaper one for large label sets.
         n_dst, n_src = coef.size(-2), coef.size(-1)
-        if return_attention_weights or n_dst * n_src <= self.out_channels * (n_dst + n_src):
+        width = self.heads * self.out_channels  # C is shared: applied to all heads at once
+        if return_attention_weights or n_dst * n_src <= width * (n_dst + n_src):
             return _add_product(coef, x_hat[1], x_hat[0]), None  # fused with the sum
         return coef, x_hat
 
@@ -647,19 +762,25 @@ class AdaptiveGCNConv(MessagePassing):
         A = _mask_pairs(adj.to(x_src.dtype), mask)
         B = C = None
         if self.attention:
-            B = _mask_pairs(self._dense_attention(x_src, x_dst, mask, bipartite), mask)
+            B = _mask_pairs(self._dense_attention(x_src, x_dst, mask, bipartite), mask, True)
         if self.similarity:
             x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
             C = _mask_pairs(x_hat_dst @ x_hat_src.transpose(-1, -2), mask)
-        return AdaptiveGraphs(None, A, B, C)
+        return AdaptiveGraphs(None, A, self._public(B, -3), C)
+
+    def _dense_scores(self, x_src: Tensor, x_dst: Tensor) -> Tensor:
+        """Eq. 4 per head as dense matrices, LeakyReLU(s_i + t_j): [..., H, N_dst, N_src]."""
+        s_src, s_dst = self._attention_scores(x_src, x_dst)  # [..., N, H]
+        e = s_dst.transpose(-1, -2).unsqueeze(-1) + s_src.transpose(-1, -2).unsqueeze(-2)
+        return F.leaky_relu(e, self.negative_slope)
 
     def _dense_attention(self, x_src, x_dst, mask: OptTensor, bipartite: bool) -> Tensor:
-        """B of eq. 4-6 as a dense [..., N_dst, N_src] matrix; masked nodes get no attention."""
-        s_src, s_dst = self._attention_scores(x_src, x_dst)
-        e = F.leaky_relu(s_dst.unsqueeze(-1) + s_src.unsqueeze(-2), self.negative_slope)  # eq. 4
+        """B of eq. 4-6 per head as dense [..., H, N_dst, N_src] matrices; masked nodes get
+        no attention."""
+        e = self._dense_scores(x_src, x_dst)  # eq. 4
         if mask is not None:
             # The most negative finite score, not -inf: a fully masked row stays finite.
-            e = e.masked_fill(~mask.unsqueeze(-2), torch.finfo(e.dtype).min)
+            e = e.masked_fill(~mask.unsqueeze(-2).unsqueeze(-3), torch.finfo(e.dtype).min)
         alpha = torch.softmax(e, dim=-1)  # eq. 5 over the complete graph
         return self._attention_graph(alpha, diagonal=not bipartite)  # eq. 6
 
@@ -694,33 +815,48 @@ class AdaptiveGCNConv(MessagePassing):
         ):  # a small graph: [N, N] products beat the sorted path's many passes
             return self._dense_forward(x, x, adj.to_dense(), None, False, return_attention_weights)
         matrices = self._complete_matrices(x, adj) if return_attention_weights else None
-        h = self.lin(x)
+        x_in = x
+        h = self.lin(x)  # [N, H * C]: A and C act on all heads at once
         with torch.autocast(x.device.type, enabled=False):  # in at least float32
             dtype = torch.promote_types(h.dtype, torch.float32)
             x, h = x.to(dtype), h.to(dtype)
             # The terms are summed in place into A h (a fresh tensor no backward needs): one
             # [N, F] buffer less per term at N = 10^6.
             out = adjacency_matmul(adj, h)  # A (eq. 3), a sparse product
-            if self.attention:
-                out.add_(self._complete_attention(x, h, adj.has_loop))  # eq. 4-6
+            if self.attention:  # eq. 4-6, per head
+                out.add_(self._complete_attention(x, self._split_heads(h), adj.has_loop)
+                         .flatten(-2))
             if self.similarity:
                 x_hat = unit_rows(x)  # F.normalize, with a leaner backward
                 out.addmm_(x_hat, x_hat.t() @ h)  # eq. 7, as x_hat (x_hat^T H)
                 if adj.has_loop is not None:  # c_ii only for nodes with a self-loop
                     c_ii = x_hat.pow(2).sum(dim=-1) * ~adj.has_loop
                     out.sub_(c_ii.unsqueeze(-1) * h)
-            if self.bias is not None:
-                out.add_(self.bias)
+        out = self._finish(self._split_heads(out), x_in)
         if return_attention_weights:
-            return out, sum(m for m in matrices if m is not None)
+            return out, self._combined_heads_last(*matrices)
         return out
 
+    def _combined_heads_last(self, a: Tensor, b: OptTensor, c: OptTensor) -> Tensor:
+        """a + b + c with a, c shared and b per head (its head dimension last when heads > 1)."""
+        if self.heads > 1:
+            a = a.unsqueeze(-1)
+            c = None if c is None else c.unsqueeze(-1)
+        out = a if b is None else a + b
+        out = out if c is None else out + c
+        return out.expand(*out.shape[:-1], self.heads) if self.heads > 1 else out
+
     def _complete_attention(self, x: Tensor, h: Tensor, has_loop: OptTensor) -> Tensor:
-        """B h over the complete graph by sorted scores, computed in at least float32."""
+        """B_h h_h over the complete graph by sorted scores, in at least float32: h [N, H, C]
+        -> [N, H, C], one sort per head."""
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(torch.promote_types(x.dtype, torch.float32))
-            s_src, s_dst = self._attention_scores(x, x)
-            return complete_attention(h, s_dst, s_src, self.negative_slope, has_loop)
+            s_src, s_dst = self._attention_scores(x, x)  # [N, H]
+            return torch.stack([
+                complete_attention(h[:, k], s_dst[:, k], s_src[:, k], self.negative_slope,
+                                   has_loop)
+                for k in range(self.heads)
+            ], dim=1)  # fmt: skip
 
     def _sparse_adjacency(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor):
         """A of the complete path with its self-loops, in CSR form; cached while the graph
@@ -780,7 +916,9 @@ class AdaptiveGCNConv(MessagePassing):
         if self.attention:
             with torch.autocast(x.device.type, enabled=False):
                 x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-                s_src, s_dst = self._attention_scores(x32, x32)
+                s_src, s_dst = self._attention_scores(x32, x32)  # [N, H]
+            if self.heads == 1:  # the single-head shapes, [N]
+                s_src, s_dst = s_src.squeeze(-1), s_dst.squeeze(-1)
         x_hat = self._unit_features(x, x)[0] if self.similarity else None
         return CompleteGraphParts(
             adj.to_torch(), s_src, s_dst, x_hat, adj.has_loop, self.negative_slope
@@ -822,13 +960,13 @@ class AdaptiveGCNConv(MessagePassing):
         diagonal: bool = False,
     ) -> Tensor:
         r"""Eq. 6, :math:`b_{i,j} = \alpha_{i,j} + [i = j] \max_k \alpha_{i,k}`, then attention
-        dropout. :obj:`alpha` is either per edge (:obj:`[E]`, with each edge's target
-        :obj:`index` and :obj:`is_loop`; no self term when :obj:`is_loop` is :obj:`None`) or
-        a dense :obj:`[..., N, N]` matrix whose diagonal holds the self-loops when
-        :obj:`diagonal` is set."""
+        dropout, per head. :obj:`alpha` is either per edge (:obj:`[E, H]`, with each edge's
+        target :obj:`index` and :obj:`is_loop`; no self term when :obj:`is_loop` is
+        :obj:`None`) or dense :obj:`[..., H, N, N]` matrices whose diagonals hold the
+        self-loops when :obj:`diagonal` is set."""
         if index is not None and is_loop is not None:
             row_max = scatter(alpha, index, dim=0, dim_size=dim_size, reduce="max")
-            alpha = alpha + is_loop.to(alpha.dtype) * row_max[index]
+            alpha = alpha + is_loop.to(alpha.dtype).unsqueeze(-1) * row_max[index]
         elif diagonal and alpha.size(-1) > 0:  # (an empty graph has no row maximum)
             b = alpha.clone()  # the softmax keeps alpha for its backward: add to a copy
             b.diagonal(dim1=-2, dim2=-1).add_(alpha.amax(dim=-1))
@@ -836,21 +974,22 @@ class AdaptiveGCNConv(MessagePassing):
         return F.dropout(alpha, p=self.dropout, training=self.training)
 
     def _attention_scores(self, x_src: Tensor, x_dst: Tensor) -> tuple[OptTensor, OptTensor]:
-        """The source and target halves of eq. 4's score, as x (W^T a): [..., N] vectors."""
+        """The source and target halves of eq. 4's score per head, x (W_h^T a_h): [..., N, H]
+        (t_j and s_i)."""
         if not self.attention:
             return None, None
-        s_src = x_src @ (self.att_src @ self.lin_src.weight).squeeze(0)
-        s_dst = x_dst @ (self.att_dst @ self.lin_dst.weight).squeeze(0)
+        s_src = x_src @ _score_vectors(self.att_src, self.lin_src.weight).t()
+        s_dst = x_dst @ _score_vectors(self.att_dst, self.lin_dst.weight).t()
         return s_src, s_dst
 
     def _edge_scores(self, edge_attr: OptTensor, dtype: torch.dtype) -> OptTensor:
-        """The edge-feature term of eq. 4's score, e_ij (W_e^T a_e): one [E] vector."""
+        """The edge-feature term of eq. 4's score per head, e_ij (W_e,h^T a_e,h): [E, H]."""
         if edge_attr is None:
             return None
         edge_attr = edge_attr.to(dtype)
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.unsqueeze(-1)
-        return edge_attr @ (self.att_edge @ self.lin_edge.weight).squeeze(0)
+        return edge_attr @ _score_vectors(self.att_edge, self.lin_edge.weight).t()
 
     def _unit_features(self, x_src: Tensor, x_dst: Tensor) -> tuple[Tensor, Tensor]:
         # F.normalize divides by max(||x||, eps): a zero vector stays zero, so cos = 0.
@@ -878,7 +1017,7 @@ class AdaptiveGCNConv(MessagePassing):
 
     def _initialize_lazy(self, x_src: Tensor, x_dst: Tensor, edge_attr: OptTensor):
         for lin, inputs in ((self.lin, x_src), (self.lin_src, x_src), (self.lin_dst, x_dst),
-                            (self.lin_edge, edge_attr)):
+                            (self.lin_edge, edge_attr), (self.res, x_dst)):
             if lin is not None and isinstance(lin.weight, UninitializedParameter):
                 lin(inputs.reshape(-1, inputs.size(-1) if inputs.dim() > 1 else 1)[:1])
 
@@ -934,7 +1073,31 @@ class AdaptiveGCNConv(MessagePassing):
         extra = "".join(
             f", {name}=False" for name in ("attention", "similarity") if not getattr(self, name)
         )
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}{extra})"
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+                f"heads={self.heads}{extra})")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Files written before heads existed hold att_* as [1, C]: the same numbers as [1, 1, C].
+        for name in ("att_src", "att_dst", "att_edge"):
+            value, param = state_dict.get(prefix + name), getattr(self, name)
+            if (value is not None and param is not None and value.dim() == 2
+                    and param.dim() == 3 and param.size(1) == 1):
+                state_dict[prefix + name] = value.unsqueeze(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first, on every submodule: one clear line, not pages of
+        # TorchScript errors about Python control flow.
+        raise RuntimeError(_NO_TORCHSCRIPT.format(name=self.__class__.__name__))
+
+    def jittable(self, *args, **kwargs):
+        raise RuntimeError(_NO_TORCHSCRIPT.format(name=self.__class__.__name__))
+
+
+_NO_TORCHSCRIPT = (
+    "{name} does not support TorchScript (torch.jit.script is deprecated in PyTorch): use "
+    "torch.compile(model) to compile it, or torch.export.export(model, args) to export it"
+)
 
 
 class _EdgeGraph(NamedTuple):
@@ -958,6 +1121,26 @@ def _is_dense_adjacency(edge_index: Adj) -> bool:
     )
 
 
+def _score_vectors(att: Tensor, weight: Tensor) -> Tensor:
+    """W_h^T a_h of every head, [H, F]: from att [1, H, C] and weight [H * C, F] (eq. 4's
+    score needs only this vector, never the [N, H * C] product W x)."""
+    heads, channels = att.shape[-2:]
+    return (att.view(heads, 1, channels) @ weight.view(heads, channels, -1)).squeeze(1)
+
+
+def _mask_from_third_argument(edge_weight: OptTensor, mask: OptTensor):
+    """DenseGATConv's ``conv(x, adj, mask)``: with a dense adjacency (whose entries are the
+    weights, so no edge_weight exists) a bool third positional argument is the node mask."""
+    if isinstance(edge_weight, Tensor) and edge_weight.dtype == torch.bool:
+        if mask is not None:
+            raise ValueError(
+                "a bool third argument is the node mask with a dense adjacency, and 'mask' was "
+                "given too: pass the mask once"
+            )
+        return None, edge_weight
+    return edge_weight, mask
+
+
 def _add_product(coef: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """coef + a b^T, fused into one buffer where the shapes allow it."""
     if coef.dim() == a.dim() == 2:
@@ -967,11 +1150,12 @@ def _add_product(coef: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return coef + a @ b.transpose(-1, -2)
 
 
-def _mask_pairs(coef: Tensor, mask: OptTensor) -> Tensor:
-    """Zeroes every pair that involves a masked node."""
+def _mask_pairs(coef: Tensor, mask: OptTensor, per_head: bool = False) -> Tensor:
+    """Zeroes every pair that involves a masked node (coef [..., H, N, N] when per_head)."""
     if mask is None:
         return coef
-    return coef * (mask.unsqueeze(-1) & mask.unsqueeze(-2)).to(coef.dtype)
+    pairs = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    return coef * (pairs.unsqueeze(-3) if per_head else pairs).to(coef.dtype)
 
 
 def _requires_grad(*tensors: Tensor) -> bool:
@@ -985,16 +1169,34 @@ def _sorted_min_nodes(setting: int | None, device: torch.device) -> int:
 
 
 def _as_layout(edge_index: Tensor, alpha: Tensor, layout: Adj | None, size: tuple[int, int]):
-    """Returns per-edge coefficients in the layout the graph came in."""
+    """Returns per-edge coefficients ([E] or [E, H]) in the layout the graph came in:
+    ``(edge_index, alpha)``, a SparseTensor, or GATConv's pair ``(adj, alpha)`` for a
+    torch.sparse input (``adj`` in its layout, [N_dst, N_src] or [N_dst, N_src, H], and
+    ``alpha`` its values in the order it stores them)."""
     if layout is None:
         return edge_index, alpha
     row, col = edge_index[1], edge_index[0]  # back to adj_t[target, source]
     shape = (size[1], size[0])
     if isinstance(layout, SparseTensor):
         return SparseTensor(row=row, col=col, value=alpha, sparse_sizes=shape)
-    out = torch.sparse_coo_tensor(torch.stack([row, col]), alpha, shape).coalesce()
-    if layout.layout == torch.sparse_csr:
-        return out.to_sparse_csr()
-    if layout.layout == torch.sparse_csc:
-        return out.to_sparse_csc()
-    return out
+    if layout.layout in (torch.sparse_csr, torch.sparse_csc):
+        adj = _compressed(row, col, alpha, shape, layout.layout)
+    else:
+        adj = torch.sparse_coo_tensor(torch.stack([row, col]), alpha,
+                                      shape + alpha.shape[1:]).coalesce()
+    return adj, adj.values()
+
+
+def _compressed(row: Tensor, col: Tensor, value: Tensor, shape: tuple[int, int], layout):
+    """A CSR or CSC matrix from (row, col, value) without duplicates; value may be [E, H]
+    (a hybrid matrix, which torch cannot convert to from COO)."""
+    if layout == torch.sparse_csc:
+        row, col, shape = col, row, (shape[1], shape[0])
+    perm = (row * shape[1] + col).argsort()
+    crow = F.pad(torch.bincount(row, minlength=shape[0]).cumsum(0), (1, 0))
+    args = (crow, col[perm], value[perm])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        if layout == torch.sparse_csc:
+            return torch.sparse_csc_tensor(*args, (shape[1], shape[0]) + value.shape[1:])
+        return torch.sparse_csr_tensor(*args, shape + value.shape[1:])

@@ -49,6 +49,55 @@ def check_in_channels(in_channels, similarity: bool, share_weights: bool) -> tup
     return in_src, in_dst
 
 
+def check_heads(heads) -> int:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"'heads' must be a positive int, the number of attention heads (got "
+                         f"{heads!r})")
+    return heads
+
+
+def check_call_flags(return_attention_weights, add_loop):
+    """The 4th positional argument is return_attention_weights: a GATConv-style positional
+    ``size`` or a DenseGATConv-style positional ``add_loop`` would land there."""
+    if return_attention_weights is not None and not isinstance(return_attention_weights, bool):
+        raise TypeError(
+            f"'return_attention_weights' (the 4th positional argument) must be a bool or None "
+            f"(got {describe(return_attention_weights)}); pass 'size' and 'add_loop' by keyword"
+        )
+    if add_loop is not None and not isinstance(add_loop, bool):
+        raise TypeError(f"'add_loop' must be a bool or None (got {describe(add_loop)})")
+
+
+def check_size(size, n_src: int, n_dst: int):
+    """GATConv's ``size = (N_src, N_dst)``: here the node features fix it, so it is checked."""
+    if size is None:
+        return
+    if not (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(s is None or isinstance(s, int) for s in size)):
+        raise TypeError(f"'size' must be a pair (N_src, N_dst) of ints (got {size!r})")
+    if any(s is not None and s != n for s, n in zip(size, (n_src, n_dst), strict=True)):
+        raise ValueError(
+            f"'size' = {tuple(size)} does not match the node features: (N_src, N_dst) = "
+            f"({n_src}, {n_dst}); the adjacency's shape is (N_src, N_dst) of x (or of "
+            f"(x_src, x_dst) for bipartite input)"
+        )
+
+
+def check_edge_attr_given(edge_dim, edge_attr, edge_weight):
+    """A layer built with edge_dim needs edge_attr: without it eq. 4's score would silently
+    lose its edge term, and GATConv's positional edge_attr would be read as A."""
+    if edge_dim is None or edge_attr is not None:
+        return
+    hint = (" A third positional argument is 'edge_weight', the fixed weights a_ij (A of "
+            "eq. 3, as in GCNConv), not GATConv's edge_attr." if edge_weight is not None else "")
+    raise ValueError(
+        f"the layer was built with edge_dim={edge_dim}, so eq. 4's score needs edge features, "
+        f"but no 'edge_attr' arrived.{hint} Pass them by keyword: conv(x, edge_index, "
+        f"edge_attr=edge_attr) with edge_attr [E, {edge_dim}] (edge features need an "
+        f"edge_index), or build the layer with edge_dim=None"
+    )
+
+
 def check_pair(x, add_self_loops: bool):
     if len(x) != 2:
         raise ValueError(f"bipartite 'x' must be a pair (x_src, x_dst) (got {len(x)} items)")
@@ -137,6 +186,29 @@ def check_complete(bipartite: bool, edge_attr: OptTensor):
         )
 
 
+def check_complete_loops(add_loop):
+    if add_loop is False:
+        raise ValueError(
+            "add_loop=False: a dense adjacency is read as the complete graph, which has every "
+            "self-loop (a_ii = adj[i, i]); for DenseGATConv's meaning (the non-zero entries "
+            "are the edges, self-loops optional) build the layer with complete=False"
+        )
+
+
+def check_sparse_call(edge_index, mask: OptTensor, add_loop):
+    if mask is not None:
+        raise ValueError(
+            "'mask' marks the padded nodes of a dense batch and needs a dense adjacency "
+            f"'edge_index' (got {describe(edge_index)})"
+        )
+    if add_loop is not None:
+        raise ValueError(
+            "'add_loop' is DenseGATConv's switch for a dense adjacency; for an edge_index or "
+            "sparse adjacency self-loops follow the layer's add_self_loops (got "
+            f"add_loop={add_loop} with {describe(edge_index)})"
+        )
+
+
 def check_dense_extras(edge_weight: OptTensor, edge_attr: OptTensor):
     for name, value in (("edge_weight", edge_weight), ("edge_attr", edge_attr)):
         if value is not None:
@@ -168,10 +240,12 @@ def check_dense(x_src: Tensor, x_dst: Tensor, adj: Tensor, mask: OptTensor,
     if bipartite:
         raise ValueError("'mask' needs homogeneous input (one node set), not (x_src, x_dst)")
     shape = [*batches, n_src] if batches else [n_src]
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or list(mask.shape) != shape:
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or (
+        list(mask.shape) not in (shape, [n_src])  # [N] is shared by the batch (DenseGATConv)
+    ):
         raise ValueError(
             f"'mask' must be a bool tensor of shape {shape} (as to_dense_batch returns it) "
-            f"(got {describe(mask)})"
+            f"or [{n_src}] for every graph of a batch (got {describe(mask)})"
         )
     return mask
 
