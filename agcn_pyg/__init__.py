@@ -1,9 +1,5 @@
 """agcn_pyg: ML-AGCN (Multi-Label Adaptive Graph Convolutional Network) for PyG and timm."""
 
-from agcn_pyg.version import __version__
-
-# Lowest layer first: nn and data, then models, train, tools (see the README's layout).
-from agcn_pyg.nn.conv import AdaptiveGCNConv, AdaptiveGraphs
 from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel, collate_skip_corrupt
 from agcn_pyg.data.label_graph import (
     ADJACENCY_KINDS,
@@ -27,11 +23,15 @@ from agcn_pyg.models.mlagcn import (
     from_pretrained,
     save_pretrained,
 )
-from agcn_pyg.train.loss import asymmetric_loss
-from agcn_pyg.train.metrics import MultiLabelMetrics, format_table, multilabel_metrics
+
+# Lowest layer first: nn and data, then models, train, tools (see the README's layout).
+from agcn_pyg.nn.conv import AdaptiveGCNConv, AdaptiveGraphs
 from agcn_pyg.tools.export import export_model, load_exported
 from agcn_pyg.tools.predict import predict
 from agcn_pyg.tools.visualize import plot_learned_graphs, strongest_edges
+from agcn_pyg.train.loss import asymmetric_loss
+from agcn_pyg.train.metrics import MultiLabelMetrics, format_table, multilabel_metrics
+from agcn_pyg.version import __version__
 
 __all__ = [
     "ADJACENCY_KINDS",

@@ -30,13 +30,13 @@ import time
 import torch
 
 from agcn_pyg import asymmetric_loss, build_transforms, count_parameters, train
-from agcn_pyg.train.checkpoint import CheckpointWriteError, ModelSpec, load_checkpoint, model_config
-from agcn_pyg.train.distributed import all_gather_object, cleanup, init_distributed, on_main
 from agcn_pyg.data.label_graph import ADJACENCY_KINDS, DEFAULT_ADJACENCY
-from agcn_pyg.train.metrics import TABLE_COLUMNS, format_table, threshold_rows
 from agcn_pyg.data.node_features import load_node_features
-from agcn_pyg.train.datasets import SPARSE_GRAPH_MIN_LABELS
 from agcn_pyg.data.transforms import squash_data_config
+from agcn_pyg.train.checkpoint import CheckpointWriteError, ModelSpec, load_checkpoint, model_config
+from agcn_pyg.train.datasets import SPARSE_GRAPH_MIN_LABELS
+from agcn_pyg.train.distributed import all_gather_object, cleanup, init_distributed, on_main
+from agcn_pyg.train.metrics import TABLE_COLUMNS, format_table, threshold_rows
 
 DATA_FLAGS = tuple(f for f in train.DataConfig.__dataclass_fields__
                    if f not in ("year", "keep_empty"))

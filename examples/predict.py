@@ -15,9 +15,9 @@ import argparse
 import sys
 import warnings
 
-from agcn_pyg.train.checkpoint import load_model
 from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run
 from agcn_pyg.tools.predict import check_options, find_images, predict, write_csv, write_json
+from agcn_pyg.train.checkpoint import load_model
 
 
 def main(argv=None) -> int:

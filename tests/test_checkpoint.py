@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agcn_pyg import create_model
+from agcn_pyg.train import capture_rng_state
 from agcn_pyg.train.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -25,7 +26,6 @@ from agcn_pyg.train.checkpoint import (
     training_checkpoint,
     weights_checkpoint,
 )
-from agcn_pyg.train import capture_rng_state
 
 
 def _parts(seed=0, n=4):

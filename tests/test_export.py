@@ -8,8 +8,8 @@ import pytest
 import torch
 from tiny import NAMES, make_checkpoint
 
-from agcn_pyg.train.checkpoint import model_from_checkpoint
 from agcn_pyg.tools.export import export_model, load_exported
+from agcn_pyg.train.checkpoint import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

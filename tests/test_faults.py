@@ -26,10 +26,10 @@ from PIL import Image
 from tiny import make_checkpoint
 
 from agcn_pyg import AdaptiveGCNConv, CocoMultiLabel, ListFileMultiLabel, MultiLabelHead
-from agcn_pyg.train.checkpoint import load_checkpoint, save_checkpoint
 from agcn_pyg.data.datasets import read_rgb
 from agcn_pyg.data.label_graph import label_graph_from_coco
 from agcn_pyg.tools.predict import predict
+from agcn_pyg.train.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from PIL import Image
 from tiny import DATA_CONFIG, NAMES, make_checkpoint
 
 from agcn_pyg import build_transforms
-from agcn_pyg.train.checkpoint import model_from_checkpoint
 from agcn_pyg.tools.predict import find_images, predict, write_csv, write_json
+from agcn_pyg.train.checkpoint import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

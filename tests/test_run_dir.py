@@ -15,6 +15,7 @@ from collections import namedtuple
 import pytest
 import torch
 
+from agcn_pyg.train import RunFolder, RunFolderError, RunLogger
 from agcn_pyg.train.checkpoint import (
     ModelSpec,
     TrainParts,
@@ -25,7 +26,6 @@ from agcn_pyg.train.checkpoint import (
     training_checkpoint,
     weights_checkpoint,
 )
-from agcn_pyg.train import RunFolder, RunFolderError, RunLogger
 from agcn_pyg.train.config import config_file_argv, explicit_dests, merge_resumed
 from agcn_pyg.train.curves import plot_curves
 from agcn_pyg.train.datasets import label_graph

@@ -19,7 +19,7 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-from agcn_pyg import AdaptiveGCNConv, MultiLabelHead, create_model, from_pretrained
+from agcn_pyg import MultiLabelHead, create_model, from_pretrained
 from agcn_pyg.models.backbone import _filled_on_load, load_backbone_weights
 from agcn_pyg.models.mlagcn import count_parameters
 from agcn_pyg.train.checkpoint import ModelSpec, model_config
@@ -48,15 +48,6 @@ def plain(name, model, **kwargs):
     ref = timm.create_model(name, num_classes=0, **kwargs).eval()
     ref.load_state_dict(model.backbone.state_dict())
     return ref
-
-
-def heads_supported():
-    return "heads" in inspect.signature(AdaptiveGCNConv.__init__).parameters
-
-
-def needs_conv_heads():
-    if not heads_supported():
-        pytest.skip("AdaptiveGCNConv has no 'heads' yet (issue 22, nn/conv.py)")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -299,7 +290,6 @@ def test_heads_arguments_are_checked():
 
 @pytest.mark.parametrize("concat", [True, False])
 def test_heads_layout(concat):
-    needs_conv_heads()
     heads, hidden, d = 4, 8, 16
     head = MultiLabelHead(d, 5, graph(5), hidden_channels=(hidden,), heads=heads, concat=concat)
     first, last = head.convs
@@ -317,8 +307,6 @@ def test_heads_parameter_count(heads, concat):
     """Each layer: W, W_src, W_dst of in x (H * C) (eq. 3-5, one set per head), two
     attention vectors of H * C, and the bias: H * C when the heads are concatenated, C when
     averaged. The last layer averages H heads of D channels."""
-    if heads > 1:
-        needs_conv_heads()
     n, d, hidden = 5, 12, 8
     head = MultiLabelHead(d, n, graph(n), hidden_channels=(hidden,), heads=heads, concat=concat)
     per_head_hidden = hidden // heads if concat else hidden
@@ -329,7 +317,6 @@ def test_heads_parameter_count(heads, concat):
 
 
 def test_heads_round_trip_save_pretrained_checkpoint_and_reset(tmp_path):
-    needs_conv_heads()
     model = build("resnet10t", n=3, heads=2).eval()
     assert model.config["head_kwargs"]["heads"] == 2
     assert all(conv.heads == 2 for conv in model.head.convs)

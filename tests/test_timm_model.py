@@ -25,8 +25,8 @@ from agcn_pyg import (
     squash_data_config,
     strongest_edges,
 )
-from agcn_pyg.train.checkpoint import model_from_checkpoint
 from agcn_pyg.tools.export import export_model
+from agcn_pyg.train.checkpoint import model_from_checkpoint
 
 
 def graph(n, seed=0):

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from agcn_pyg.train.checkpoint import TrainParts
 from agcn_pyg.train import (
     EpochSampler,
     LoopConfig,
@@ -28,6 +27,7 @@ from agcn_pyg.train import (
     restore_rng_state,
     train_one_epoch,
 )
+from agcn_pyg.train.checkpoint import TrainParts
 
 
 class RandomItems(Dataset):

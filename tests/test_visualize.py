@@ -10,13 +10,13 @@ import torch
 from tiny import NAMES, make_checkpoint
 
 from agcn_pyg import create_model
-from agcn_pyg.train.checkpoint import model_from_checkpoint
 from agcn_pyg.tools.visualize import (
     edges_to_csv,
     edges_to_markdown,
     plot_learned_graphs,
     strongest_edges,
 )
+from agcn_pyg.train.checkpoint import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from agcn_pyg.io import atomic_write
-from agcn_pyg.train.checkpoint import LoadedModel, load_model
 from agcn_pyg.data.datasets import read_rgb
+from agcn_pyg.io import atomic_write
 from agcn_pyg.models.mlagcn import MLAGCN
+from agcn_pyg.train.checkpoint import LoadedModel, load_model
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from agcn_pyg.io import atomic_write, load_tensors
 from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel
 from agcn_pyg.data.label_graph import LabelGraph
+from agcn_pyg.io import atomic_write, load_tensors
 
 __all__ = ["DataConfig", "build_datasets", "demo_banner", "label_graph", "make_demo_data"]
 
@@ -132,7 +132,8 @@ def demo_banner(model: str, image_size: int, device_type: str) -> str:
 
 def sparse_labels(train_set) -> torch.Tensor:
     """The ``[num_images, N]`` training labels as a sparse COO matrix: the datasets' stored
-    form (:meth:`~agcn_pyg.data.datasets.CocoMultiLabel.label_matrix`), never an [images, N] array."""
+    form (:meth:`~agcn_pyg.data.datasets.CocoMultiLabel.label_matrix`), never an [images, N]
+    array."""
     if hasattr(train_set, "label_matrix"):
         return train_set.label_matrix()
     return train_set.labels.to(torch.bool).to_sparse()

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from agcn_pyg.train.checkpoint import model_from_checkpoint
-from agcn_pyg.train.metrics import gather_predictions, multilabel_metrics
 from agcn_pyg.train.loaders import build_eval_loader
 from agcn_pyg.train.logs import Progress
 from agcn_pyg.train.loop import LoopConfig
+from agcn_pyg.train.metrics import gather_predictions, multilabel_metrics
 
 __all__ = ["checkpoint_models", "evaluate", "evaluate_checkpoint"]
 
@@ -117,8 +117,8 @@ def evaluate_checkpoint(state: Mapping, val_set, cfg: LoopConfig, batch_size: in
     ``tune``, at the threshold that maximises that metric on ``val_set``: ``*_tuned``) and
     the parameter counts per model. ``loader_kwargs`` go to
     :func:`~agcn_pyg.train.build_eval_loader`."""
-    from agcn_pyg.models.mlagcn import count_parameters
     from agcn_pyg.data.transforms import build_transforms
+    from agcn_pyg.models.mlagcn import count_parameters
 
     names = list(state["label_names"])
     if list(val_set.label_names) != names:

@@ -30,10 +30,10 @@ from agcn_pyg.train.checkpoint import (
     weights_checkpoint,
 )
 from agcn_pyg.train.distributed import all_gather_object, all_reduce_max, on_main
-from agcn_pyg.train.metrics import format_table
 from agcn_pyg.train.evaluation import evaluate
 from agcn_pyg.train.logs import RunLogger
 from agcn_pyg.train.loop import EpochResult, LoopConfig, train_one_epoch
+from agcn_pyg.train.metrics import format_table
 from agcn_pyg.train.recipe import schedule_epoch
 from agcn_pyg.train.run_dir import RunFolder
 from agcn_pyg.train.seeding import capture_rng_state, derive_seed, seed_everything
