@@ -14,6 +14,9 @@ Serve it with::
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
+    import _startup  # noqa: F401  (examples/_startup.py)
+
 import argparse
 
 from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run

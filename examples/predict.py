@@ -11,13 +11,24 @@ searched recursively; an unreadable file is reported on stderr and in the output
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
+    import _startup  # noqa: F401  (examples/_startup.py)
+
 import argparse
 import sys
 import warnings
 
 from agcn_pyg.train.checkpoint import load_model
 from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run
-from agcn_pyg.tools.predict import check_options, find_images, predict, write_csv, write_json
+from agcn_pyg.tools.predict import (
+    IMAGE_EXTENSIONS,
+    check_options,
+    find_images,
+    predict,
+    printable,
+    write_csv,
+    write_json,
+)
 
 
 def main(argv=None) -> int:
@@ -53,7 +64,11 @@ def main(argv=None) -> int:
         for flag, path in (("--json", args.json), ("--csv", args.csv)):
             if path is not None:
                 check_output_file(path, flag)
-        return find_images(args.inputs)  # every input must exist
+        files = find_images(args.inputs)  # every input must exist
+        if not files:
+            raise ValueError(f"no image file in {' '.join(map(printable, args.inputs))} "
+                             f"(folders are searched for {', '.join(IMAGE_EXTENSIONS)})")
+        return files
 
     def predict_all() -> int:
         files = check_args()
@@ -68,17 +83,19 @@ def main(argv=None) -> int:
 
         for r in records:
             if r["error"] is not None:
-                print(f"{r['path']}\tERROR {r['error']}")
+                print(f"{printable(r['path'])}\tERROR {printable(r['error'])}")
             else:
                 shown = ", ".join(f"{n} {s:.3f}"
                                   for n, s in zip(r["labels"], r["scores"], strict=True))
-                print(f"{r['path']}\t{shown}")
+                print(f"{printable(r['path'])}\t{shown}")
         if args.json:
             write_json(records, args.json, label_names=names if args.all_scores else None,
                        probabilities=args.all_scores)
         if args.csv:
             write_csv(records, args.csv)
         failed = sum(r["error"] is not None for r in records)
+        if failed == len(records):  # outputs written: they say why, file by file
+            raise ValueError(f"none of the {failed} file(s) could be read as an image")
         print(f"{len(records) - failed} images predicted, {failed} unreadable", file=sys.stderr)
         return 0
 
