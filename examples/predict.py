@@ -2,8 +2,10 @@
 
 Prints, per image, the labels whose probability passes ``--threshold`` (or the ``--top-k``
 most probable ones; the 5 best when none passes), and can write JSON and CSV. Folders are
-searched recursively; an unreadable file is reported on stderr and in the outputs (field
-``error``) without stopping the batch.
+searched recursively; an unreadable file (a broken link, a decompression bomb, ...) is
+reported on stderr and in the outputs (field ``error``) without stopping the batch; inputs
+with no image, or none readable, exit with status 2. File names that are not UTF-8 are
+printed and written with their odd bytes as ``\\xNN``.
 
     python examples/predict.py CKPT_OR_FOLDER IMAGE_OR_FOLDER [...] [--threshold 0.5] [--top-k 5]
         [--batch-size 16] [--device cpu|cuda] [--json OUT] [--csv OUT] [--no-ema]

@@ -655,7 +655,9 @@ def test_output_that_cannot_be_a_folder_is_one_line(case, tmp_path, read_only_di
 
 
 def _changed_coco(d, folder, change: str) -> str:
-    """The training annotations of ``d`` with 4 images more (copies) or 4 fewer."""
+    """The training annotations of ``d`` with 4 images more (copies), 4 fewer, or the same
+    images with other labels (every annotation of the first 4 images moved to the next
+    category)."""
     data = json.loads(Path(d.train_ann_file).read_text())
     if change == "larger":
         for k, img in enumerate(data["images"][:4]):
@@ -666,6 +668,12 @@ def _changed_coco(d, folder, change: str) -> str:
             data["annotations"] += [{**a, "id": 10_000 + 10 * k + j, "image_id": new_id}
                                     for j, a in enumerate(data["annotations"])
                                     if a["image_id"] == img["id"]]
+    elif change == "relabelled":
+        cats = sorted(c["id"] for c in data["categories"])
+        first = {img["id"] for img in data["images"][:4]}
+        for a in data["annotations"]:
+            if a["image_id"] in first:
+                a["category_id"] = cats[(cats.index(a["category_id"]) + 1) % len(cats)]
     else:
         gone = {img["id"] for img in data["images"][:4]}
         data["images"] = data["images"][4:]
@@ -675,7 +683,7 @@ def _changed_coco(d, folder, change: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("change", ["larger", "smaller"])
+@pytest.mark.parametrize("change", ["larger", "smaller", "relabelled"])
 def test_resume_on_other_training_data_is_refused(change, one_epoch_run, tiny_coco, tmp_path,
                                                   capsys):
     out = tmp_path / "run"
@@ -691,9 +699,9 @@ def test_resume_on_other_training_data_is_refused(change, one_epoch_run, tiny_co
     argv[argv.index("--train-ann") + 1] = ann
     argv[argv.index("--train-images") + 1] = str(images)
     assert coco_train_py.main(argv) == 2
-    now = {"larger": 20, "smaller": 12}[change]
-    assert_one_error_line(capsys.readouterr().err, "--resume",
-                          f"16 training images then, {now} now")
+    assert_one_error_line(capsys.readouterr().err, "--resume", {
+        "larger": "16 training images then, 20 now", "smaller": "16 training images then, 12 now",
+        "relabelled": "training labels differ from the checkpoint's (the same 16 images"}[change])
     assert snapshot(out) == before
 
 

@@ -352,8 +352,9 @@ def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file
 
     A file that is not JSON, a missing ``images``/``categories`` list, a record without its
     ids (or with a string id, a ``null`` file name), a repeated image id, category id or
-    category name raise :class:`ValueError` naming the file and the entry; so does an annotation whose
-    ``category_id`` is not among the ``categories`` (which label would it be?). Annotations
+    category name raise :class:`ValueError` naming the file and the entry; so does an
+    annotation whose ``category_id`` is not among the ``categories`` (which label would it
+    be?). Annotations
     pointing to an image id that is not among the ``images`` are dropped, counted and
     warned about, so that neither the dataset nor the label graph sees them.
     """

@@ -131,38 +131,48 @@ class RunFolder:
         created, parent = None, os.path.abspath(self.path)
         while not os.path.exists(parent):
             created, parent = parent, os.path.dirname(parent)
-        for _ in range(10):  # retried only if the file is replaced while we lock it
+        for _ in range(10):  # again only if the holder removed the file as we opened it
+            fd = self._open_locked()
             try:
-                os.makedirs(self.path, exist_ok=True)
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as e:
-                raise RunFolderError(f"--output '{self.path}': cannot create "
-                                     f"'{self.lock_path}' ({e.strerror or e}); choose "
-                                     f"another --output") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                holder = _read_holder(fd)
-                os.close(fd)
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise RunFolderError(f"--output '{self.path}': cannot lock "
-                                         f"'{self.lock_path}' ({e.strerror})") from None
-                raise RunFolderError(
-                    f"--output '{self.path}' is in use by another run ({holder}); wait "
-                    f"for it to end, or choose another --output") from None
-            try:  # the previous holder may have removed the file while we opened it
-                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
             except FileNotFoundError:
-                same = False
-            if same:
-                break
+                pass
             os.close(fd)
         else:
             raise RunFolderError(f"--output '{self.path}': cannot lock '{self.lock_path}'")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
         self._lock_fd, self._created = fd, created
         _HELD_LOCKS.add(fd)
+        try:  # who holds it, for the message a second run prints
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError as e:  # a full disk
+            self.unlock()
+            raise RunFolderError(f"--output '{self.path}': cannot write '{self.lock_path}' "
+                                 f"({e.strerror or e}); free some space or choose another "
+                                 f"--output") from None
+
+    def _open_locked(self) -> int:
+        """Creates the folder and the lock file; returns the file's descriptor, locked."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"--output '{self.path}': cannot create '{self.lock_path}' "
+                                 f"({e.strerror or e}); choose another --output") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as e:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"--output '{self.path}': cannot lock '{self.lock_path}' "
+                                     f"({e.strerror}); choose an --output on a file system "
+                                     f"with locks") from None
+            raise RunFolderError(f"--output '{self.path}' is in use by another run "
+                                 f"({holder}); wait for it to end, or choose another "
+                                 f"--output") from None
 
     def unlock(self) -> None:
         """Releases :meth:`lock` (a no-op when not held); removes the lock file, and the
