@@ -22,7 +22,10 @@ pieces are in :mod:`agcn_pyg.train`; this script parses arguments and wires them
 from __future__ import annotations
 
 if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
-    import _startup  # noqa: F401  (examples/_startup.py)
+    try:
+        import _startup  # noqa: F401  (examples/_startup.py, next to this script)
+    except ImportError:  # run as a module (python -m examples.predict): all but that
+        pass
 
 import argparse
 import functools
@@ -299,9 +302,10 @@ def setup_training(args, explicit: set[str], info, say) -> train.Trainer:
     val_loader = train.build_eval_loader(val_set, args.eval_batch_size or args.batch_size, **kw)
     updates = -(-len(train_loader) // args.grad_accum_steps)
     data = train.describe_data(train_set, val_set, updates, info.world_size)
-    if resume is not None and train.data_changes(resume, data):  # its schedule and order
-        raise ValueError(f"--resume: {train.data_changes(resume, data)}; resume with the "
-                         f"data it was trained on, or start a new run with another --output")
+    changed = resume is not None and train.data_changes(resume, data)
+    if changed:  # the schedule's length and the image order depend on the data
+        raise ValueError(f"--resume: {changed}; resume with the data it was trained on, or "
+                         f"start a new run with another --output")
     train.first_readable(train_set, "training")  # fail now, not after an epoch
     train.first_readable(val_set, "validation")
     parts = build_training(model, args, info, updates)

@@ -15,7 +15,10 @@ Serve it with::
 from __future__ import annotations
 
 if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
-    import _startup  # noqa: F401  (examples/_startup.py)
+    try:
+        import _startup  # noqa: F401  (examples/_startup.py, next to this script)
+    except ImportError:  # run as a module (python -m examples.predict): all but that
+        pass
 
 import argparse
 
