@@ -839,19 +839,6 @@ def test_predict_on_no_image_exits_non_zero(ckpt, tmp_path, capsys):
                     err.splitlines()[-1]), err
 
 
-def test_tools_start_quietly_and_refuse_only_non_images(ckpt, tmp_path):
-    """As a user runs it: no FutureWarning of PyG's torch.jit.script first, and a folder
-    without images is an error (exit 2), not '0 images predicted'."""
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    (folder / "readme.md").write_text("#")
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "predict.py"), str(ckpt),
-                        str(folder)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 2
-    assert_one_error_line(r.stderr, "no image file")
-
-
 # --- signals: Ctrl-C during start-up, and once per run ------------------------------------
 
 
