@@ -23,7 +23,6 @@ silently wrong.
 from __future__ import annotations
 
 import errno
-import fcntl
 import glob
 import json
 import os
@@ -39,6 +38,11 @@ from agcn_pyg.train.checkpoint import (
     save_checkpoint,
     weights_checkpoint,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked there
+    fcntl = None
 
 __all__ = ["RunFolder", "RunFolderError"]
 
@@ -64,7 +68,8 @@ def _close_inherited_locks() -> None:
     _HELD_LOCKS.clear()
 
 
-os.register_at_fork(after_in_child=_close_inherited_locks)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunFolderError(ValueError):
@@ -161,7 +166,8 @@ class RunFolder:
             raise RunFolderError(f"--output '{self.path}': cannot create '{self.lock_path}' "
                                  f"({e.strerror or e}); choose another --output") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except OSError as e:
             holder = _read_holder(fd)
