@@ -21,6 +21,12 @@ pieces are in :mod:`agcn_pyg.train`; this script parses arguments and wires them
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
+    try:
+        import _startup  # noqa: F401  (examples/_startup.py, next to this script)
+    except ImportError:  # run as a module (python -m examples.predict): all but that
+        pass
+
 import argparse
 import functools
 import os
@@ -200,6 +206,11 @@ def prepare_run(args, explicit: set[str], info, say):
         resume = load_checkpoint(path)
         if resume.get("kind") != "training":
             raise ValueError(f"--resume: '{path}' holds weights only; resume from a last.pth")
+        given = [f"--{f.replace('_', '-')}" for f in DATA_FLAGS if f in explicit]
+        if resume.get("run_config", {}).get("demo") and given:
+            raise ValueError(f"--resume: '{path}' is a demo run on synthetic data and cannot "
+                             f"continue on {' '.join(given)}; resume it without data flags, "
+                             f"or train on that data with another --output")
         ignored = train.merge_resumed(args, resume.get("run_config", {}), explicit,
                                       (*DATA_FLAGS, "year", "keep_empty"), RUNTIME_FLAGS)
         if ignored:
@@ -289,9 +300,15 @@ def setup_training(args, explicit: set[str], info, say) -> train.Trainer:
     kw = loader_kwargs(args, info)
     train_loader = train.build_train_loader(train_set, args.batch_size, args.seed, **kw)
     val_loader = train.build_eval_loader(val_set, args.eval_batch_size or args.batch_size, **kw)
+    updates = -(-len(train_loader) // args.grad_accum_steps)
+    data = train.describe_data(train_set, val_set, updates, info.world_size)
+    changed = resume is not None and train.data_changes(resume, data)
+    if changed:  # the schedule's length and the image order depend on the data
+        raise ValueError(f"--resume: {changed}; resume with the data it was trained on, or "
+                         f"start a new run with another --output")
     train.first_readable(train_set, "training")  # fail now, not after an epoch
     train.first_readable(val_set, "validation")
-    parts = build_training(model, args, info, -(-len(train_loader) // args.grad_accum_steps))
+    parts = build_training(model, args, info, updates)
     say(f"Model: ML-AGCN on {args.model}, {args.num_layers} graph layer(s), "
         f"{count_parameters(parts.model) / 1e6:.2f}M parameters; AMP {args.amp}; "
         f"{info.world_size} process(es) on {info.device.type}")
@@ -302,7 +319,7 @@ def setup_training(args, explicit: set[str], info, say) -> train.Trainer:
         parts, spec, train_loader, val_loader, *losses,
         loop_config(args, info, (3, args.img_size, args.img_size)),
         train.FitConfig(args.epochs, args.seed, args.threshold, args.checkpoint_hist, info.rank),
-        folder, run_config, say=say, tensorboard=args.tensorboard)
+        folder, run_config, say=say, tensorboard=args.tensorboard, data=data)
     if resume is not None:
         trainer.resume(resume)
     trainer.check_free_space()
@@ -326,22 +343,32 @@ def main(argv: list[str] | None = None) -> int:
     args.output = args.output or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     info = init_distributed(args.device)
     say = functools.partial(print, flush=True) if info.is_main else (lambda *a, **k: None)
+    run_lock = None
     try:
         args.output = all_gather_object(args.output)[0]  # rank 0's timestamp wins
         try:
             if args.evaluate:
+                if "output" in explicit:
+                    on_main(train.RunFolder(args.output).check_writable)
                 return run_evaluate(args, explicit, info, say)
+            run_lock = train.RunFolder(args.output)
+            on_main(run_lock.lock)  # one run a folder: a second one stops before any write
             trainer = setup_training(args, explicit, info, say)
         except (FileNotFoundError, ValueError) as e:  # the library's one-line errors
             say(f"{parser.prog}: error: {e}", file=sys.stderr)
             return 2
         say(f"Output: {args.output}")
         return trainer.fit()
+    except KeyboardInterrupt:  # Ctrl-C before the first epoch (or a second one during it)
+        say(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     except (CheckpointWriteError, train.NonFiniteLossError) as e:
         if info.is_main or isinstance(e, train.NonFiniteLossError):  # each rank names its NaN
             print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
+        if run_lock is not None:
+            run_lock.unlock()
         cleanup()
 
 

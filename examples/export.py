@@ -14,6 +14,12 @@ Serve it with::
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
+    try:
+        import _startup  # noqa: F401  (examples/_startup.py, next to this script)
+    except ImportError:  # run as a module (python -m examples.predict): all but that
+        pass
+
 import argparse
 
 from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run

@@ -13,6 +13,12 @@ Writes, from the checkpoint alone:
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
+    try:
+        import _startup  # noqa: F401  (examples/_startup.py, next to this script)
+    except ImportError:  # run as a module (python -m examples.predict): all but that
+        pass
+
 import argparse
 import os
 
@@ -47,6 +53,8 @@ def main(argv=None) -> int:
     def plot() -> int:
         if args.top_k < 1:
             raise ValueError(f"'--top-k' must be at least 1 (got {args.top_k})")
+        if not 0.0 <= args.tau <= 1.0:  # NaN included
+            raise ValueError(f"'--tau' must be a probability in [0, 1] (got {args.tau})")
         check_output_folder(args.out, "--out")
         state = read_checkpoint(args.checkpoint)
         use_ema = not args.no_ema

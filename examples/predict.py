@@ -2,8 +2,10 @@
 
 Prints, per image, the labels whose probability passes ``--threshold`` (or the ``--top-k``
 most probable ones; the 5 best when none passes), and can write JSON and CSV. Folders are
-searched recursively; an unreadable file is reported on stderr and in the outputs (field
-``error``) without stopping the batch.
+searched recursively; an unreadable file (a broken link, a decompression bomb, ...) is
+reported on stderr and in the outputs (field ``error``) without stopping the batch; inputs
+with no image, or none readable, exit with status 2. File names that are not UTF-8 are
+printed and written with their odd bytes as ``\\xNN``.
 
     python examples/predict.py CKPT_OR_FOLDER IMAGE_OR_FOLDER [...] [--threshold 0.5] [--top-k 5]
         [--batch-size 16] [--device cpu|cuda] [--json OUT] [--csv OUT] [--no-ema]
@@ -11,13 +13,31 @@ searched recursively; an unreadable file is reported on stderr and in the output
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports: PyG warning off, Ctrl-C one line
+    try:
+        import _startup  # noqa: F401  (examples/_startup.py, next to this script)
+    except ImportError:  # run as a module (python -m examples.predict): all but that
+        pass
+
 import argparse
 import sys
 import warnings
 
 from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run
+<<<<<<< HEAD
 from agcn_pyg.tools.predict import check_options, find_images, predict, write_csv, write_json
 from agcn_pyg.train.checkpoint import load_model
+=======
+from agcn_pyg.tools.predict import (
+    IMAGE_EXTENSIONS,
+    check_options,
+    find_images,
+    predict,
+    printable,
+    write_csv,
+    write_json,
+)
+>>>>>>> faults
 
 
 def main(argv=None) -> int:
@@ -53,7 +73,11 @@ def main(argv=None) -> int:
         for flag, path in (("--json", args.json), ("--csv", args.csv)):
             if path is not None:
                 check_output_file(path, flag)
-        return find_images(args.inputs)  # every input must exist
+        files = find_images(args.inputs)  # every input must exist
+        if not files:
+            raise ValueError(f"no image file in {' '.join(map(printable, args.inputs))} "
+                             f"(folders are searched for {', '.join(IMAGE_EXTENSIONS)})")
+        return files
 
     def predict_all() -> int:
         files = check_args()
@@ -68,17 +92,19 @@ def main(argv=None) -> int:
 
         for r in records:
             if r["error"] is not None:
-                print(f"{r['path']}\tERROR {r['error']}")
+                print(f"{printable(r['path'])}\tERROR {printable(r['error'])}")
             else:
                 shown = ", ".join(f"{n} {s:.3f}"
                                   for n, s in zip(r["labels"], r["scores"], strict=True))
-                print(f"{r['path']}\t{shown}")
+                print(f"{printable(r['path'])}\t{shown}")
         if args.json:
             write_json(records, args.json, label_names=names if args.all_scores else None,
                        probabilities=args.all_scores)
         if args.csv:
             write_csv(records, args.csv)
         failed = sum(r["error"] is not None for r in records)
+        if failed == len(records):  # outputs written: they say why, file by file
+            raise ValueError(f"none of the {failed} file(s) could be read as an image")
         print(f"{len(records) - failed} images predicted, {failed} unreadable", file=sys.stderr)
         return 0
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from agcn_pyg import CocoMultiLabel, LabelGraph, build_transforms, make_synthetic_coco
+from agcn_pyg.train import RunFolder
 from agcn_pyg.train.checkpoint import (
     load_checkpoint,
     load_tensors,
@@ -264,6 +265,19 @@ def test_ddp_two_processes(data, two_epochs, eval_one_process, tmp_path):
     # (torchrun itself prints a traceback of its own when a worker exits non-zero)
     assert r.stderr.count("already holds a run") == 1 and 'coco_train.py", line' not in r.stderr
 
+    # A run in progress holds the folder (rank 0's lock): a second job is refused the same
+    # way, once, by every rank, before any of them writes.
+    held = RunFolder(train_out)
+    held.lock()
+    try:
+        r = _torchrun([*data_flags(data), *TINY, "--resume", "auto", "--epochs", "2",
+                       "--output", str(train_out)], timeout=120)
+    finally:
+        held.unlock()
+    assert r.returncode != 0 and "in use by another run" in r.stderr, r.stderr[-3000:]
+    assert r.stderr.count("in use by another run") == 1 and 'coco_train.py", line' not in r.stderr
+    assert load_checkpoint(train_out / "last.pth")["epoch"] == 1
+
 
 def test_sigterm_writes_loadable_checkpoint(data, tmp_path):
     cmd = [sys.executable, SCRIPT, *data_flags(data), *TINY, "--epochs", "500",
@@ -304,7 +318,9 @@ def test_missing_image_folder(data, tmp_path, capsys):
 
 
 def test_data_root_without_coco_layout(tmp_path, capsys):
-    assert coco_train.main(["--data", str(tmp_path), *TINY]) == 2
+    # (with --output: the default, runs/<timestamp>, is under the checkout)
+    assert coco_train.main(["--data", str(tmp_path), *TINY, "--output", str(tmp_path / "o")]
+                           ) == 2
     assert "neither COCO 2014 nor 2017" in capsys.readouterr().err
 
 

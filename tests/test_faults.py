@@ -530,3 +530,378 @@ def test_list_file_datasets_name_the_file_that_is_not_json_or_text(images3, tmp_
     (tmp_path / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(ValueError, match=r"'list_file': '.*binary\.txt' is not a UTF-8 text"):
         ListFileMultiLabel(tmp_path / "binary.txt", images3, tmp_path / "names.txt")
+
+
+# === Issue 24: one run per folder, resume that checks its data, odd files =================
+
+
+def _demo_args(out, *extra):
+    return ["--output", str(out), "--epochs", "1", "--demo-train", "16", "--demo-val", "8",
+            "--demo-labels", "4", "--img-size", "32", "--batch-size", "8", "--workers", "0",
+            "--no-progress", "--hidden", "16", *extra]
+
+
+def _ready(read_fd) -> list[int]:
+    """The pids a forked helper writes once it holds what it should."""
+    with os.fdopen(read_fd) as pipe:
+        return [int(p) for p in pipe.readline().split()]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_before_touching_it(tmp_path, capsys):
+    from agcn_pyg.train import RunFolder
+
+    out = tmp_path / "run"
+    first = RunFolder(out)
+    first.lock()  # a run in progress (this process holds it)
+    (out / "data").mkdir()
+    (out / "data" / "demo.json").write_text("{}")  # the first run's demo data
+    before = snapshot(out)
+    try:
+        assert coco_train_py.main(_demo_args(out)) == 2
+        line = assert_one_error_line(capsys.readouterr().err, str(out), "in use by another run",
+                                     f"process {os.getpid()}")
+        assert "--output" in line
+        assert snapshot(out) == before  # demo data, lock file and all: untouched
+    finally:
+        first.unlock()
+    assert not (out / ".lock").exists() and (out / "data" / "demo.json").exists()
+
+
+def test_the_lock_dies_with_its_process_not_with_its_workers(tmp_path):
+    """kill -9 of the run frees the folder at once, even while a forked DataLoader worker of
+    it still lives (the worker closes its copy of the lock at fork)."""
+    from agcn_pyg.train import RunFolder, RunFolderError
+
+    out = tmp_path / "run"
+    read_fd, write_fd = os.pipe()
+    run = os.fork()
+    if run == 0:  # the "run": takes the folder, forks a "worker", both sleep
+        try:
+            os.close(read_fd)
+            RunFolder(out).lock()
+            worker = os.fork()
+            if worker == 0:
+                time.sleep(60)
+                os._exit(0)
+            os.write(write_fd, f"{worker}\n".encode())
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    (worker,) = _ready(read_fd)
+    try:
+        with pytest.raises(RunFolderError, match=f"in use by another run .process {run} "):
+            RunFolder(out).lock()
+        os.kill(run, signal.SIGKILL)
+        os.waitpid(run, 0)
+        os.kill(worker, 0)  # the worker is still alive...
+        again = RunFolder(out)
+        again.lock()  # ...and the folder is free: no stale lock
+        again.unlock()
+    finally:
+        for pid in (run, worker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_run_that_stops_at_a_bad_flag_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default --output is runs/<timestamp> under the cwd
+    assert coco_train_py.main(["--data", str(tmp_path / "nothing"), "--workers", "0"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--data")
+    assert sorted(os.listdir(tmp_path)) == []
+    out = tmp_path / "new" / "run"
+    assert coco_train_py.main(["--data", str(tmp_path / "nothing"), "--output", str(out)]) == 2
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """A folder that cannot be written: a read-only tmpfs where mounting is allowed (root,
+    whom permission bits do not stop), else permission bits; as a last resort (root without
+    mount) ``os.access`` says so."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+        capture_output=True).returncode == 0
+    if not mounted:
+        if os.geteuid() == 0:
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(
+                p).startswith(str(folder)) and mode & os.W_OK else real(p, mode, **kw))
+        folder.chmod(0o555)
+    yield folder
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "read_only", "evaluate_file"])
+def test_output_that_cannot_be_a_folder_is_one_line(case, tmp_path, read_only_dir, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    out = {"file": tmp_path / "file", "under_file": tmp_path / "file" / "run",
+           "read_only": read_only_dir / "run", "evaluate_file": tmp_path / "file"}[case]
+    before = snapshot(tmp_path)
+    argv = (["--evaluate", str(tmp_path / "never-read.pth"), "--output", str(out)]
+            if case == "evaluate_file" else _demo_args(out))
+    assert coco_train_py.main(argv) == 2
+    line = assert_one_error_line(capsys.readouterr().err, "--output", str(out))
+    assert {"read_only": "is not writable"}.get(case, "is a file") in line
+    assert "never-read" not in line  # the output was checked first
+    assert snapshot(tmp_path) == before
+
+
+# --- --resume checks the data it continues on ---------------------------------------------
+
+
+def _changed_coco(d, folder, change: str) -> str:
+    """The training annotations of ``d`` with 4 images more (copies), 4 fewer, or the same
+    images with other labels (every annotation of the first 4 images moved to the next
+    category)."""
+    data = json.loads(Path(d.train_ann_file).read_text())
+    if change == "larger":
+        for k, img in enumerate(data["images"][:4]):
+            new_id = 1000 + k
+            src = Path(d.train_image_dir) / img["file_name"]
+            shutil.copy(src, Path(folder) / f"copy{k}{src.suffix}")
+            data["images"].append({**img, "id": new_id, "file_name": f"copy{k}{src.suffix}"})
+            data["annotations"] += [{**a, "id": 10_000 + 10 * k + j, "image_id": new_id}
+                                    for j, a in enumerate(data["annotations"])
+                                    if a["image_id"] == img["id"]]
+    elif change == "relabelled":
+        cats = sorted(c["id"] for c in data["categories"])
+        first = {img["id"] for img in data["images"][:4]}
+        for a in data["annotations"]:
+            if a["image_id"] in first:
+                a["category_id"] = cats[(cats.index(a["category_id"]) + 1) % len(cats)]
+    else:
+        gone = {img["id"] for img in data["images"][:4]}
+        data["images"] = data["images"][4:]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in gone]
+    path = Path(folder) / f"{change}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("change", ["larger", "smaller", "relabelled"])
+def test_resume_on_other_training_data_is_refused(change, one_epoch_run, tiny_coco, tmp_path,
+                                                  capsys):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    images = tmp_path / "images"
+    shutil.copytree(tiny_coco.train_image_dir, images)
+    ann = _changed_coco(tiny_coco, images, change)
+    recorded = load_checkpoint(out / "last.pth")["data"]
+    assert recorded["train_images"] == 16 and recorded["val_images"] == 8
+    before = snapshot(out)
+    capsys.readouterr()
+    argv = _train_args(tiny_coco, out, "--resume", "auto", "--epochs", "2")
+    argv[argv.index("--train-ann") + 1] = ann
+    argv[argv.index("--train-images") + 1] = str(images)
+    assert coco_train_py.main(argv) == 2
+    assert_one_error_line(capsys.readouterr().err, "--resume", {
+        "larger": "16 training images then, 20 now", "smaller": "16 training images then, 12 now",
+        "relabelled": "training labels differ from the checkpoint's (the same 16 images"}[change])
+    assert snapshot(out) == before
+
+
+def test_a_demo_run_resumed_with_data_flags_is_refused(one_epoch_run, tiny_coco, tmp_path,
+                                                       capsys):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    state = load_checkpoint(out / "last.pth")
+    state["run_config"].update(demo=True, demo_train=16, demo_val=8, demo_labels=4)
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, out / "last.pth")
+    before = snapshot(out)
+    capsys.readouterr()
+    assert coco_train_py.main(_train_args(tiny_coco, out, "--resume", "auto",
+                                          "--epochs", "2")) == 2
+    assert_one_error_line(capsys.readouterr().err, "demo run", "--train-ann", "--val-images")
+    assert snapshot(out) == before  # no demo data made under it
+
+
+# --- odd files in the data -----------------------------------------------------------------
+
+
+def _png_header(path, width, height):
+    """A PNG that declares ``width`` x ``height`` (what PIL's bomb check reads); no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_one_unreadable_image(images3, tmp_path):
+    _png_header(images3 / "2.png", 20000, 20000)  # 400 M pixels: over PIL's bomb limit
+    with pytest.raises(ValueError, match=r"'.*2\.png' is too large to decode"):
+        read_rgb(images3 / "2.png")
+    data = CocoMultiLabel(_coco(tmp_path / "i.json", [(1, 1), (2, 5), (3, 1)]), images3)
+    with pytest.warns(UserWarning, match=r"unreadable image '.*2\.png'.*too large"):
+        assert data[1] is None
+    assert data[0] is not None and data[2] is not None
+
+
+def _coco_dict():
+    return {"images": [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "2.png"}],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1},
+                            {"id": 2, "image_id": 2, "category_id": 5}]}
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda d: d["images"][1].update(file_name=None), r"images\[1\] .* file_name None"),
+    (lambda d: d["images"][1].update(file_name=7), r"images\[1\] .* file_name 7"),
+    (lambda d: d["images"][0].update(id="1"), r"images\[0\] .* id '1'; expected an integer"),
+    (lambda d: d["annotations"][1].pop("id"), r"annotations\[1\] .* 'id'"),
+    (lambda d: d["annotations"][0].update(image_id=None), r"annotations\[0\] .* image_id"),
+    (lambda d: d["images"][1].update(id=1), r"images\[1\] .* repeats the id 1 of images\[0\]"),
+    (lambda d: d["categories"][1].update(name="cat"),
+     r"categories\[1\] .* repeats the name 'cat' of categories\[0\]"),
+    (lambda d: d["categories"][1].update(id=1), r"categories\[1\] .* repeats the id 1"),
+    (lambda d: d["categories"][0].update(name=None), r"categories\[0\] .* name None"),
+])
+def test_malformed_coco_json_names_the_file_and_the_entry(edit, fragment, images3, tmp_path):
+    data = _coco_dict()
+    edit(data)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=fragment):
+        CocoMultiLabel(path, images3)
+    with pytest.raises(ValueError, match=re.escape(f"'{path}'")):
+        label_graph_from_coco(path)
+
+
+def test_malformed_coco_json_in_training_is_one_line(images3, tmp_path, capsys):
+    data = _coco_dict()
+    data["images"][1]["file_name"] = None
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps(data))
+    ok = _coco(tmp_path / "val.json", [(1, 1), (2, 5)])
+    rc = coco_train_py.main(["--train-ann", str(bad), "--train-images", str(images3),
+                             "--val-ann", str(ok), "--val-images", str(images3),
+                             "--output", str(tmp_path / "run"), "--workers", "0"])
+    assert rc == 2
+    assert_one_error_line(capsys.readouterr().err, str(bad), "images[1]", "file_name None")
+    assert not (tmp_path / "run").exists()
+
+
+# --- predict: odd names and odd entries in folders ------------------------------------------
+
+
+def test_predict_reports_a_broken_symlink_and_goes_on(ckpt, image, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(image, folder / "a.png")
+    (folder / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.warns(UserWarning, match=r"unreadable image '.*b\.jpg'"):
+        records = predict(ckpt, folder, progress=False)
+    assert [Path(r["path"]).name for r in records] == ["a.png", "b.jpg"]
+    assert records[0]["error"] is None and "FileNotFoundError" in records[1]["error"]
+    assert predict_py.main([str(ckpt), str(folder), "--quiet"]) == 0
+    assert "1 images predicted, 1 unreadable" in capsys.readouterr().err
+
+
+def test_predict_writes_non_utf8_file_names(ckpt, image, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1, not UTF-8: a lone surrogate in Python
+    shutil.copy(image, folder / name)
+    out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
+    assert predict_py.main([str(ckpt), str(folder), "--json", str(out_json), "--csv",
+                            str(out_csv), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    shown = f"{folder}/caf\\xe9.png"
+    assert shown in out
+    (record,) = json.loads(out_json.read_text(encoding="utf-8"))
+    assert record["path"] == shown and record["error"] is None and record["labels"]
+    assert out_csv.read_text(encoding="utf-8").splitlines()[1].startswith(shown + ",")
+
+
+def test_predict_on_no_image_exits_non_zero(ckpt, tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no image here")
+    assert predict_py.main([str(ckpt), str(folder), "--quiet"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "no image file", str(folder))
+    # Files named explicitly are read: none is an image.
+    assert predict_py.main([str(ckpt), str(folder / "notes.txt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.match(r"^\S+: error: none of the 1 file\(s\) could be read as an image$",
+                    err.splitlines()[-1]), err
+
+
+# --- signals: Ctrl-C during start-up, and once per run ------------------------------------
+
+
+def test_ctrl_c_during_start_up_is_one_line(tiny_coco, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(coco_train_py.train, "first_readable", interrupted)
+    try:
+        rc = coco_train_py.main(_train_args(tiny_coco, tmp_path / "run"))
+    except KeyboardInterrupt:  # (not re-raised: it would stop the whole test session)
+        pytest.fail("KeyboardInterrupt escaped coco_train.main")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.fullmatch(r"\S+: interrupted", err.strip()), err
+
+
+def test_ctrl_c_while_the_tool_imports_is_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "coco_train.py"),
+                             "--output", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(1.0)  # importing torch and PyG takes seconds
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err and err.strip().endswith("coco_train.py: interrupted"), err
+    assert "torch.jit.script" not in err
+
+
+def test_a_signal_reaches_the_run_once_not_its_forked_workers(capfd):
+    from agcn_pyg.train import StopSignal
+
+    with StopSignal() as stop:
+        worker = os.fork()
+        if worker == 0:  # a DataLoader worker, which a terminal's Ctrl-C reaches too
+            os.kill(os.getpid(), signal.SIGINT)
+            os._exit(3 if stop.requested else 0)
+        _, status = os.waitpid(worker, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # it ignored the signal
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+    assert capfd.readouterr().err.count("Received SIGINT") == 1
+
+
+# --- plot_graph names the A the model holds and checks --tau --------------------------------
+
+
+def test_plot_graph_titles_the_recorded_adjacency(ckpt):
+    from agcn_pyg.tools.visualize import plot_learned_graphs
+
+    state = load_checkpoint(ckpt)
+    titles = {}
+    for kind in ("normalized", "cooccurrence"):
+        state["config"]["adjacency"] = kind
+        fig = plot_learned_graphs(state)
+        titles[kind] = fig.axes[0].get_title()
+    assert "normalized" in titles["normalized"] and "D P^T D" in titles["normalized"]
+    assert "normalized" not in titles["cooccurrence"] and "P(j|i)" in titles["cooccurrence"]
+
+
+@pytest.mark.parametrize("tau", ["nan", "-0.1", "1.5"])
+def test_plot_graph_refuses_a_tau_that_is_not_a_probability(tau, ckpt, tmp_path, capsys):
+    assert plot_graph_py.main([str(ckpt), "--tau", tau, "--out", str(tmp_path / "g")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "'--tau'", tau)
+    assert not (tmp_path / "g").exists()

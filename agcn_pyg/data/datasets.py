@@ -65,10 +65,20 @@ def read_rgb(path: str | os.PathLike) -> Image.Image:
     """Decodes a whole image file as RGB (grayscale, RGBA, palette, CMYK alike). The full
     decode makes a truncated file fail here, not later in a transform.
 
+    A file PIL refuses as a decompression bomb (more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels) or that is not a regular file raises
+    :class:`ValueError`, like any other unreadable image.
+
     16-bit and 32-bit grayscale (Pillow modes ``I;16``, ``I;16B``, ``I``, ``F``) are scaled
     to 8 bits by their range rather than clipped, which would turn nearly every pixel of a
     16-bit PNG white: see :func:`_wide_to_8bit`."""
-    with Image.open(path) as img:
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block for ever
+        raise ValueError(f"'{os.fspath(path)}' is not a regular file")
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as e:  # a header claiming billions of pixels
+        raise ValueError(f"image '{os.fspath(path)}' is too large to decode ({e})") from None
+    with img:
         img.load()
         if img.mode.startswith("I") or img.mode == "F":
             img = _wide_to_8bit(img, path)
@@ -293,13 +303,58 @@ def _read_lines(path: str, arg: str) -> list[str]:
         raise ValueError(f"'{arg}': '{path}' is not a UTF-8 text file ({e})") from None
 
 
+# The fields of a COCO record this package reads: integer ids, non-empty strings.
+_COCO_FIELDS = {"images": {"id": int, "file_name": str},
+                "categories": {"id": int, "name": str},
+                "annotations": {"id": int, "image_id": int, "category_id": int}}
+# Fields no two records of a list may share.
+_COCO_UNIQUE = {"images": ("id",), "categories": ("id", "name"), "annotations": ()}
+
+
+def _check_coco_records(data: dict[str, Any], source: str, arg: str) -> None:
+    """Raises a :class:`ValueError` naming the file and the first bad entry: a list that is
+    missing, a record without a field it needs or with a wrong type (a ``null``
+    ``file_name``, a string id), or an image id, category id or category name used twice
+    (pycocotools would keep one image of two and merge their labels, or name two labels
+    alike)."""
+    for key, fields in _COCO_FIELDS.items():
+        if key not in data and key == "annotations":  # e.g. COCO's image_info_test files
+            continue
+        records = data.get(key)
+        if not isinstance(records, list):
+            raise ValueError(
+                f"'{arg}': {source} must have a list '{key}' (got "
+                f"{'nothing' if records is None else type(records).__name__})"
+            )
+        first: dict[tuple[str, Any], int] = {}
+        for i, r in enumerate(records):
+            if not isinstance(r, dict) or any(k not in r for k in fields):
+                raise ValueError(
+                    f"'{arg}': {key}[{i}] in {source} must be an object with "
+                    f"{' and '.join(map(repr, fields))} (got {str(r)[:80]})"
+                )
+            for k, kind in fields.items():
+                value = r[k]
+                if isinstance(value, bool) or not isinstance(value, kind) or value == "":
+                    expected = "an integer" if kind is int else "a non-empty string"
+                    raise ValueError(f"'{arg}': {key}[{i}] in {source} has {k} {value!r}; "
+                                     f"expected {expected}")
+            for k in _COCO_UNIQUE[key]:
+                j = first.setdefault((k, r[k]), i)
+                if j != i:
+                    raise ValueError(f"'{arg}': {key}[{i}] in {source} repeats the {k} "
+                                     f"{r[k]!r} of {key}[{j}]; each must be unique")
+
+
 def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file") -> Any:
     """Loads a COCO-format instances file (or its parsed dict) into a
     :class:`pycocotools.coco.COCO`, with clear errors instead of pycocotools' ``KeyError``.
 
-    A file that is not JSON, a missing ``images``/``categories`` list or a record without
-    its ids raise :class:`ValueError` naming the file; so does an annotation whose
-    ``category_id`` is not among the ``categories`` (which label would it be?). Annotations
+    A file that is not JSON, a missing ``images``/``categories`` list, a record without its
+    ids (or with a string id, a ``null`` file name), a repeated image id, category id or
+    category name raise :class:`ValueError` naming the file and the entry; so does an
+    annotation whose ``category_id`` is not among the ``categories`` (which label would it
+    be?). Annotations
     pointing to an image id that is not among the ``images`` are dropped, counted and
     warned about, so that neither the dataset nor the label graph sees them.
     """
@@ -316,23 +371,7 @@ def read_coco(ann_file: str | os.PathLike | dict[str, Any], arg: str = "ann_file
             f"'{arg}': {source} must hold a COCO JSON object with 'images', 'annotations' "
             f"and 'categories' (got a JSON {type(data).__name__})"
         )
-    for key, required in (("images", ("id", "file_name")), ("categories", ("id", "name")),
-                          ("annotations", ("image_id", "category_id"))):
-        if key not in data and key == "annotations":  # e.g. COCO's image_info_test files
-            continue
-        records = data.get(key)
-        if not isinstance(records, list):
-            raise ValueError(
-                f"'{arg}': {source} must have a list '{key}' (got "
-                f"{'nothing' if records is None else type(records).__name__})"
-            )
-        for i, r in enumerate(records):
-            if not isinstance(r, dict) or any(k not in r for k in required):
-                raise ValueError(
-                    f"'{arg}': {key}[{i}] in {source} must be an object with "
-                    f"{' and '.join(map(repr, required))} (got {str(r)[:80]})"
-                )
-
+    _check_coco_records(data, source, arg)
     annotations = data.get("annotations", [])
     category_ids = {c["id"] for c in data["categories"]}
     unknown = {a["category_id"] for a in annotations} - category_ids

@@ -31,6 +31,7 @@ __all__ = [
     "eval_transform",
     "find_images",
     "predict",
+    "printable",
     "write_csv",
     "write_json",
 ]
@@ -48,7 +49,8 @@ def find_images(
     """Expands files and folders into a list of image files: a folder is searched
     recursively for names ending in ``extensions`` (sorted, hidden entries skipped); a file
     is kept as given whatever its name, so that a bad file named explicitly is reported
-    rather than silently dropped."""
+    rather than silently dropped. A broken symbolic link is kept too: :func:`predict`
+    reports it as unreadable and goes on."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     ends = tuple(e.lower() for e in extensions)
@@ -61,7 +63,7 @@ def find_images(
                 found += [os.path.join(root, f) for f in files
                           if f.lower().endswith(ends) and not f.startswith(".")]
             out += sorted(found)
-        elif os.path.isfile(path):
+        elif os.path.isfile(path) or os.path.islink(path):  # a broken link: reported later
             out.append(path)
         else:
             raise FileNotFoundError(f"'paths': '{path}' is neither an image file nor a folder")
@@ -213,7 +215,8 @@ def predict(
     try:
         for images, indices, failures in loader:
             for i, error in failures:
-                warnings.warn(f"skipping unreadable image '{files[i]}': {error}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image '{printable(files[i])}': "
+                              f"{printable(error)}", stacklevel=2)
                 records[i] = dict(path=files[i], labels=[], scores=[], probabilities=None,
                                   error=error)
             if images is not None:
@@ -235,6 +238,28 @@ def predict(
     return records
 
 
+def printable(text: str) -> str:
+    r"""``text`` as valid Unicode: the bytes of a file name that are not UTF-8 (which
+    Python holds as lone surrogates, ``os.fsdecode``'s ``surrogateescape``) become
+    ``\xNN``, so that the name can be printed and written to JSON and CSV; other text is
+    unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that no undecodable byte made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _printable_record(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {**r, "path": printable(str(r["path"])),
+            "error": None if r.get("error") is None else printable(r["error"])}
+
+
 def write_json(
     records: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -243,9 +268,10 @@ def write_json(
 ) -> None:
     """Writes the records of :func:`predict` as a JSON list. The full ``probabilities`` are
     left out unless ``probabilities=True``; ``label_names``, when given, are stored next to
-    them (``{"label_names": [...], "predictions": [...]}``)."""
-    rows = [{k: v for k, v in r.items() if probabilities or k != "probabilities"}
-            for r in records]
+    them (``{"label_names": [...], "predictions": [...]}``). File names that are not UTF-8
+    are written as :func:`printable` text."""
+    rows = [{k: v for k, v in _printable_record(r).items()
+             if probabilities or k != "probabilities"} for r in records]
     out: Any = rows if label_names is None else dict(label_names=list(label_names),
                                                      predictions=rows)
     text = json.dumps(out, indent=1, ensure_ascii=False) + "\n"
@@ -255,11 +281,12 @@ def write_json(
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
     """Writes one row per image: ``path``, ``labels`` and ``scores`` (``;``-separated, most
-    probable first) and ``error`` (empty when the image was read)."""
+    probable first) and ``error`` (empty when the image was read); file names that are not
+    UTF-8 as :func:`printable` text."""
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["path", "labels", "scores", "error"])
-    for r in records:
+    for r in map(_printable_record, records):
         writer.writerow([
             r["path"],
             ";".join(r["labels"]),

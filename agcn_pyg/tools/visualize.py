@@ -45,10 +45,18 @@ __all__ = [
 GRAPH_NAMES = ("A", "B", "C", "A+B+C")
 
 _TITLES = {
-    "A": "A: co-occurrence (fixed)",
+    "A": "A: label graph (fixed)",
     "B": "B: attention (eq. 4-6)",
     "C": "C: similarity (eq. 7)",
     "A+B+C": "A+B+C (eq. 3)",
+}
+
+#: The title of A's panel for each reading of the label graph (the one the model records).
+_A_TITLES = {
+    "normalized": "A: normalized co-occurrence D P^T D (fixed)",
+    "cooccurrence": "A: co-occurrence P(j|i) (fixed)",
+    "row_normalized": "A: row-normalized co-occurrence (fixed)",
+    "mlgcn": "A: ML-GCN's thresholded graph (fixed)",
 }
 
 #: ML-GCN's binarisation threshold :math:`\tau` of the co-occurrence graph.
@@ -203,7 +211,13 @@ def plot_learned_graphs(
     # the caller's pyplot state is left alone.
     from matplotlib.figure import Figure
 
-    head, names, _ = _resolve(model, label_names, use_ema)
+    from agcn_pyg.data.label_graph import infer_adjacency_kind
+
+    head, names, kind = _resolve(model, label_names, use_ema)
+    if kind is None:  # a model that does not record its reading of A
+        adj = head.adjacency()
+        kind = infer_adjacency_kind(adj.to_dense() if adj.layout != torch.strided else adj)
+    titles = {**_TITLES, "A": _A_TITLES.get(kind, _TITLES["A"])}
     index = _subset(names, labels)
     shown = [names[i] for i in index]
     n = len(index)
@@ -220,7 +234,7 @@ def plot_learned_graphs(
     for l, mats in enumerate(layers, start=1):
         for k, name in enumerate(GRAPH_NAMES):
             ax = axes[l - 1, k]
-            title = f"layer {l}: {_TITLES[name]}"
+            title = f"layer {l}: {titles[name]}"
             m = mats[name]
             if m is None:
                 ax.set_axis_off()
@@ -287,6 +301,8 @@ def strongest_edges(
     """
     if top_k < 1:
         raise ValueError(f"'top_k' must be at least 1 (got {top_k})")
+    if not 0.0 <= tau <= 1.0:  # NaN too: every comparison with it would mark no edge
+        raise ValueError(f"'tau' must be a probability in [0, 1] (got {tau})")
     from agcn_pyg.data.label_graph import infer_adjacency_kind, probability_from_adjacency
 
     head, names, recorded = _resolve(model, label_names, use_ema)

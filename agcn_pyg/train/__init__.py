@@ -32,9 +32,11 @@ from agcn_pyg.train.datasets import (
     DataConfig,
     build_datasets,
     demo_banner,
+    describe_data,
     label_graph,
     make_demo_data,
 )
+from agcn_pyg.train.checkpoint import data_changes
 from agcn_pyg.train.evaluation import checkpoint_models, evaluate, evaluate_checkpoint
 from agcn_pyg.train.fit import FitConfig, Trainer
 from agcn_pyg.train.loaders import (
@@ -87,8 +89,10 @@ __all__ = [
     "capture_rng_state",
     "checkpoint_models",
     "config_file_argv",
+    "data_changes",
     "demo_banner",
     "derive_seed",
+    "describe_data",
     "evaluate",
     "evaluate_checkpoint",
     "explicit_dests",

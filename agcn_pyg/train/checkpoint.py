@@ -8,7 +8,9 @@ dicts, lists, tensors, strings and numbers, no pickled objects):
   run needs: the model spec (below), ``model`` and ``ema`` weights, ``optimizer``,
   ``scheduler`` and ``scaler`` states, the :class:`TrainState` (``epoch``, ``step``,
   ``global_step``, ``epoch_progress``, ``best``, ``history``, ``kept``), every rank's RNG
-  states (``rng``) and the resolved command line (``run_config``);
+  states (``rng``), the resolved command line (``run_config``) and what identifies the data
+  it trains on (``data``, :func:`data_record`: a resume on other data is refused by
+  :func:`data_changes`, since the schedule's length and the image order depend on it);
 * a **weights** checkpoint (``kind="weights"``, ``best.pth``, ``checkpoint-<epoch>.pth``)
   holds the model spec and, under ``model``, the one set of weights to use (the raw model or
   its EMA, ``weights_source``), with ``epoch``, ``best`` and ``run_config``; no optimizer.
@@ -53,6 +55,8 @@ __all__ = [
     "TrainParts",
     "TrainState",
     "checkpoint_nbytes",
+    "data_changes",
+    "data_record",
     "load_checkpoint",
     "load_model",
     "model_config",
@@ -288,18 +292,54 @@ class TrainParts:
     ema: Any = None
 
 
+def data_record(train_images: int, val_images: int, train_labels_sha256: str,
+                updates_per_epoch: int, world_size: int = 1) -> dict[str, Any]:
+    """The ``data`` entry of a training checkpoint: what identifies the data a run trains
+    on. The image counts and the digest of the training labels (which labels each image
+    carries, :func:`~agcn_pyg.train.datasets.labels_digest`) name the data; the optimizer
+    updates per epoch (with ``world_size`` processes) fix the schedule's length."""
+    return dict(train_images=int(train_images), val_images=int(val_images),
+                train_labels_sha256=str(train_labels_sha256),
+                updates_per_epoch=int(updates_per_epoch), world_size=int(world_size))
+
+
+def data_changes(checkpoint: Mapping[str, Any], record: Mapping[str, Any]) -> str | None:
+    """How the data of ``record`` (:func:`data_record`) differs from the data
+    ``checkpoint`` was trained on, as one phrase; ``None`` when it is the same (or the
+    checkpoint predates the record). A run resumed on other data would run past its
+    schedule (more updates per epoch), stop short of it, or skip other images than those
+    it saw in a mid-epoch resume; its best mAP would compare other validation sets."""
+    saved = checkpoint.get("data")
+    if not saved:
+        return None
+    for key, what in (("train_images", "training images"), ("val_images", "validation images")):
+        if saved.get(key) != record.get(key):
+            return (f"the data differs from the checkpoint's: {saved.get(key)} {what} then, "
+                    f"{record.get(key)} now")
+    if saved.get("train_labels_sha256") != record.get("train_labels_sha256"):
+        return (f"the training labels differ from the checkpoint's (the same "
+                f"{record.get('train_images')} images, other labels)")
+    if saved.get("updates_per_epoch") != record.get("updates_per_epoch"):
+        return (f"its schedule has {saved.get('updates_per_epoch')} updates per epoch "
+                f"({saved.get('world_size')} process(es)), this run would make "
+                f"{record.get('updates_per_epoch')} ({record.get('world_size')} process(es))")
+    return None
+
+
 def training_checkpoint(spec: ModelSpec, parts: TrainParts, state: TrainState,
-                        rng: list[dict[str, Any]], run_config: Mapping[str, Any]
-                        ) -> dict[str, Any]:
+                        rng: list[dict[str, Any]], run_config: Mapping[str, Any],
+                        data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``last.pth`` dict: everything needed to resume (``rng``: one
-    :func:`~agcn_pyg.train.capture_rng_state` per rank, in rank order)."""
+    :func:`~agcn_pyg.train.capture_rng_state` per rank, in rank order; ``data``: the
+    :func:`data_record` of the run's data)."""
     return dict(
         kind="training", **spec.to_dict(),
         model=parts.model.state_dict(),
         ema=parts.ema.module.state_dict() if parts.ema is not None else None,
         optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
         scaler=parts.scaler.state_dict() if parts.scaler is not None else None,
-        **asdict(state), rng=list(rng), run_config=dict(run_config))
+        **asdict(state), rng=list(rng), run_config=dict(run_config),
+        data=dict(data) if data is not None else None)
 
 
 def weights_checkpoint(training: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:

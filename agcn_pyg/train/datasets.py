@@ -20,8 +20,10 @@ import torch
 from agcn_pyg.data.datasets import CocoMultiLabel, ListFileMultiLabel
 from agcn_pyg.data.label_graph import LabelGraph
 from agcn_pyg.io import atomic_write, load_tensors
+from agcn_pyg.train.checkpoint import data_record
 
-__all__ = ["DataConfig", "build_datasets", "demo_banner", "label_graph", "make_demo_data"]
+__all__ = ["DataConfig", "build_datasets", "demo_banner", "describe_data", "label_graph",
+           "make_demo_data"]
 
 
 @dataclass
@@ -147,6 +149,14 @@ def labels_digest(train_set) -> str:
     h.update(str(tuple(labels.shape)).encode())
     h.update(labels.indices().to(torch.long).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def describe_data(train_set, val_set, updates_per_epoch: int, world_size: int = 1
+                  ) -> dict[str, Any]:
+    """What identifies a run's data, as its training checkpoint records it
+    (:func:`~agcn_pyg.train.checkpoint.data_record`)."""
+    return data_record(len(train_set), len(val_set), labels_digest(train_set),
+                       updates_per_epoch, world_size)
 
 
 #: From this many labels on a run's label graph is sparse by default (:func:`label_graph`):

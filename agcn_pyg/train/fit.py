@@ -70,7 +70,8 @@ class Trainer:
     ``eval_criterion`` the per-element one (``reduction='none'``); ``ddp_model`` is the
     DDP wrapper of ``parts.model`` when ``loop.distributed`` (made here when not given);
     ``say`` prints (a no-op on ranks other than 0); ``tensorboard`` adds TensorBoard
-    events when it is installed."""
+    events when it is installed; ``data`` (:func:`~agcn_pyg.train.checkpoint.data_record`)
+    is kept in ``last.pth``."""
 
     parts: TrainParts
     spec: ModelSpec
@@ -86,6 +87,7 @@ class Trainer:
     ddp_model: nn.Module | None = None
     say: Callable[..., Any] = print
     tensorboard: bool = True
+    data: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.loop.distributed and self.ddp_model is None:
@@ -196,7 +198,8 @@ class Trainer:
                rng: list) -> None:
         """Rank 0's writes of :meth:`_save`: last.pth, then best.pth, then kept weights."""
         dropped = self._keep(epoch, mAP) if epoch_end else []
-        last = training_checkpoint(self.spec, self.parts, self.state, rng, self.run_config)
+        last = training_checkpoint(self.spec, self.parts, self.state, rng, self.run_config,
+                                   self.data)
         save_checkpoint(last, self.folder.last)
         if best:
             save_checkpoint(weights_checkpoint(last), self.folder.best)

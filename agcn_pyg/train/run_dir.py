@@ -1,6 +1,13 @@
 """The run folder (``--output``) and what it guarantees: nothing of a run is lost or
 silently wrong.
 
+* one run at a time: a run holds an OS lock on the folder (:meth:`RunFolder.lock`, an
+  ``fcntl.flock`` on ``.lock`` that dies with its process, so a killed run leaves no stale
+  lock); a second run on the same folder stops before it touches anything. Under
+  ``torchrun`` rank 0 takes it (the only rank that writes) and its refusal stops every
+  rank (:func:`~agcn_pyg.train.distributed.on_main`);
+* an ``--output`` that is a file, lies under a file or on a read-only disk is one line
+  (:meth:`RunFolder.check_writable`);
 * a folder that holds a run is never overwritten by a plain re-run (:meth:`RunFolder.claim`:
   resume it, choose another folder, or say ``overwrite``);
 * temporary files that a killed write left behind are removed (:meth:`~RunFolder.
@@ -15,10 +22,12 @@ silently wrong.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +39,11 @@ from agcn_pyg.train.checkpoint import (
     weights_checkpoint,
 )
 
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked there
+    fcntl = None
+
 __all__ = ["RunFolder", "RunFolderError"]
 
 #: What a run writes besides ``checkpoint-<epoch>.pth``, ``tensorboard/`` and ``data/``.
@@ -37,8 +51,46 @@ RUN_FILES = ("last.pth", "best.pth", "log.jsonl", "summary.csv", "config.yaml", 
              "map.png")
 
 
+#: The lock file of a run folder (:meth:`RunFolder.lock`).
+LOCK_NAME = ".lock"
+
+# Lock descriptors this process holds: a forked child (a DataLoader worker) closes its
+# copies, so that the lock dies with the process that took it and not with its last worker.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)  # the child's copy only: the parent keeps its lock
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class RunFolderError(ValueError):
     """The run folder cannot be used as asked; the message says what to do instead."""
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "a process that has not written its id yet"
+
+
+def _why_not_writable(folder: str) -> str:
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "a read-only file system"
+    except OSError:
+        pass
+    return "no write permission"
 
 
 class RunFolder:
@@ -49,6 +101,105 @@ class RunFolder:
         self.last = os.path.join(self.path, "last.pth")
         self.best = os.path.join(self.path, "best.pth")
         self.log = os.path.join(self.path, "log.jsonl")
+        self.lock_path = os.path.join(self.path, LOCK_NAME)
+        self._lock_fd: int | None = None
+        self._created: str | None = None  # the outermost folder lock() created
+
+    def check_writable(self) -> None:
+        """Raises a one-line :class:`RunFolderError` when the folder is a file, would lie
+        under a file, or cannot be written (no permission, a read-only disk), before any
+        work is done."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunFolderError(f"--output '{self.path}' is a file; choose a folder")
+        existing = os.path.abspath(self.path)
+        while not os.path.exists(existing):  # the nearest existing ancestor decides
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise RunFolderError(f"--output '{self.path}' cannot be created: '{existing}' "
+                                 f"is a file; choose another --output")
+        if not os.access(existing, os.W_OK | os.X_OK):  # EROFS counts, even for root
+            raise RunFolderError(f"--output '{self.path}': folder '{existing}' is not "
+                                 f"writable ({_why_not_writable(existing)}); choose "
+                                 f"another --output")
+
+    def lock(self) -> None:
+        """Takes the folder for this process: creates it (when missing) and holds an
+        exclusive ``fcntl.flock`` on its ``.lock`` file until :meth:`unlock` or the end of
+        the process (a ``kill -9`` included: the kernel drops the lock, so none is ever
+        stale). Call it before anything is read from or written to the folder.
+
+        Raises:
+            RunFolderError: another process holds the folder (the message names it), or
+                the folder cannot be created or written (:meth:`check_writable`).
+        """
+        self.check_writable()
+        created, parent = None, os.path.abspath(self.path)
+        while not os.path.exists(parent):
+            created, parent = parent, os.path.dirname(parent)
+        for _ in range(10):  # again only if the holder removed the file as we opened it
+            fd = self._open_locked()
+            try:
+                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:
+            raise RunFolderError(f"--output '{self.path}': cannot lock '{self.lock_path}'")
+        self._lock_fd, self._created = fd, created
+        _HELD_LOCKS.add(fd)
+        try:  # who holds it, for the message a second run prints
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError as e:  # a full disk
+            self.unlock()
+            raise RunFolderError(f"--output '{self.path}': cannot write '{self.lock_path}' "
+                                 f"({e.strerror or e}); free some space or choose another "
+                                 f"--output") from None
+
+    def _open_locked(self) -> int:
+        """Creates the folder and the lock file; returns the file's descriptor, locked."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"--output '{self.path}': cannot create '{self.lock_path}' "
+                                 f"({e.strerror or e}); choose another --output") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as e:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"--output '{self.path}': cannot lock '{self.lock_path}' "
+                                     f"({e.strerror}); choose an --output on a file system "
+                                     f"with locks") from None
+            raise RunFolderError(f"--output '{self.path}' is in use by another run "
+                                 f"({holder}); wait for it to end, or choose another "
+                                 f"--output") from None
+
+    def unlock(self) -> None:
+        """Releases :meth:`lock` (a no-op when not held); removes the lock file, and the
+        folders :meth:`lock` created when nothing else was written there (a run that
+        stopped at a bad flag leaves no empty ``runs/<timestamp>``)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        _HELD_LOCKS.discard(fd)
+        try:
+            os.remove(self.lock_path)  # while still held: a waiter re-checks the inode
+        except OSError:
+            pass
+        os.close(fd)
+        folder, top = os.path.abspath(self.path), self._created
+        while top is not None and folder.startswith(top):
+            try:
+                os.rmdir(folder)  # only if empty
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
 
     def hist_path(self, epoch: int) -> str:
         """Where ``--checkpoint-hist`` keeps the weights of epoch ``epoch``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -15,13 +16,16 @@ class StopSignal:
     current step and write a checkpoint. A second signal raises :class:`KeyboardInterrupt`
     at once (checkpoints are atomic, so the last one on disk stays valid).
 
-    Use as a context manager; outside the main thread it installs nothing.
+    Use as a context manager; outside the main thread it installs nothing. Processes forked
+    while it is installed (DataLoader workers, which a terminal's Ctrl-C reaches too) ignore
+    the signal: the process that installed it stops them, and says so once.
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
         self.signals = signals
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     @property
     def requested(self) -> bool:
@@ -33,6 +37,8 @@ class StopSignal:
         return 128 + (self.signum or signal.SIGTERM)
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked worker: its parent stops the run
+            return
         if self.signum is not None:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}")
         self.signum = signum
@@ -42,6 +48,7 @@ class StopSignal:
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             for s in self.signals:
                 self._old[s] = signal.signal(s, self._handle)
         return self
