@@ -24,10 +24,6 @@ import sys
 import warnings
 
 from agcn_pyg.tools.cli import check_output_file, read_checkpoint, run
-<<<<<<< HEAD
-from agcn_pyg.tools.predict import check_options, find_images, predict, write_csv, write_json
-from agcn_pyg.train.checkpoint import load_model
-=======
 from agcn_pyg.tools.predict import (
     IMAGE_EXTENSIONS,
     check_options,
@@ -37,7 +33,7 @@ from agcn_pyg.tools.predict import (
     write_csv,
     write_json,
 )
->>>>>>> faults
+from agcn_pyg.train.checkpoint import load_model
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,7 @@ The checkpoint format itself lives in :mod:`agcn_pyg.train.checkpoint`; process 
 :mod:`agcn_pyg.train.distributed`.
 """
 
+from agcn_pyg.train.checkpoint import data_changes
 from agcn_pyg.train.config import (
     bounded,
     config_file_argv,
@@ -36,7 +37,6 @@ from agcn_pyg.train.datasets import (
     label_graph,
     make_demo_data,
 )
-from agcn_pyg.train.checkpoint import data_changes
 from agcn_pyg.train.evaluation import checkpoint_models, evaluate, evaluate_checkpoint
 from agcn_pyg.train.fit import FitConfig, Trainer
 from agcn_pyg.train.loaders import (
