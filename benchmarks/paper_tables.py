@@ -25,6 +25,7 @@ Usage::
     # the digit-collage set of benchmarks/fidelity.py (real scans; CPU, about 40 minutes)
     python benchmarks/paper_tables.py --digits --seeds 0,1,2 --out DIR \\
         -- --model resnet10t --img-size 64 --epochs 5
+    # the paper's node features for IML-GCN and ML-AGCN: add --image-embeddings
     # every recipe for a few steps on tiny synthetic data (a test)
     python benchmarks/paper_tables.py --quick --out /tmp/pt
 
@@ -39,7 +40,6 @@ import csv
 import importlib.util
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -195,14 +195,43 @@ def best_metrics(folder: Path) -> dict[str, float]:
     return {k: float(best[source][k]) for k in METRICS}
 
 
+def image_embedding_file(asl_folder: Path) -> str:
+    """IML-GCN's image-based node features, which the paper's ML-AGCN uses too: per label,
+    the mean sigmoid scores of a trained classifier (here the same seed's ASL run, its best
+    weights) over the training images that contain the label
+    (:func:`~agcn_pyg.image_embeddings`, ``[N, N]``), saved as ``embeddings.npy`` beside it."""
+    import numpy as np
+    import yaml
+
+    from agcn_pyg import build_transforms, image_embeddings
+    from agcn_pyg.train import DataConfig, build_datasets, build_eval_loader
+    from agcn_pyg.train.checkpoint import load_model
+
+    path = asl_folder / "embeddings.npy"
+    if not path.is_file():
+        loaded = load_model(str(asl_folder / "best.pth"))
+        config = yaml.safe_load((asl_folder / "config.yaml").read_text())
+        train_set, _ = build_datasets(DataConfig.from_mapping(config))
+        size = loaded.data_config["input_size"][-1]
+        train_set.transform = build_transforms(loaded.data_config, size, train=False)
+        features = image_embeddings(loaded.model, build_eval_loader(train_set, 64),
+                                    len(train_set.label_names))
+        np.save(path, features.numpy())
+    return str(path)
+
+
 def train_run(trainer, run: Run, seed: int, data_flags: list[str], extra: list[str],
-              runs: Path) -> dict:
-    folder = runs / f"{run.name}-s{seed}"
+              runs: Path, embeddings: str | None = None) -> dict:
+    """Trains one run (or reuses its ``result.json``); ``embeddings``: the node-feature file
+    of the IML-GCN and ML-AGCN runs (``--image-embeddings``)."""
+    embeddings = embeddings if run.system in ("IML-GCN", "ML-AGCN") else None
+    folder = runs / f"{run.name}{'-emb' if embeddings else ''}-s{seed}"
     done = folder / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    features = ["--node-features", embeddings] if embeddings else []
     argv = [*run.flags(), *data_flags, "--seed", str(seed), "--output", str(folder),
-            "--overwrite", "--no-progress", "--no-tensorboard", *extra]
+            "--overwrite", "--no-progress", "--no-tensorboard", *features, *extra]
     start = time.perf_counter()
     rc = trainer.main(argv)
     if rc != 0:
@@ -254,7 +283,7 @@ def table_rows(results: list[dict], params: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(results: list[dict], params: list[dict], title: str) -> str:
+def markdown(results: list[dict], params: list[dict], title: str, setup: str) -> str:
     by = {}
     for r in results:
         by.setdefault((r["system"], r["layers"], r["graph"]), []).append(r)
@@ -269,7 +298,7 @@ def markdown(results: list[dict], params: list[dict], title: str) -> str:
              "(validation mAP, model or EMA). **paper** rows: the published numbers "
              "(MS-COCO for Table 1, VG-500 for Table 2). Params: computed for the paper's "
              "configuration (80 or 500 labels) by building the model, counting A (N×N) as "
-             "ML-GCN does; published beside it.", "",
+             "ML-GCN does; published beside it.", "", setup, "",
              "## Table 1 (MS-COCO columns)", "",
              "| Method | Params (M) computed / paper | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---:|" * len(METRICS)]
@@ -378,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--digits-train", type=int, default=1000)
     p.add_argument("--digits-val", type=int, default=600)
     p.add_argument("--digits-noise", type=float, default=0.25)
+    p.add_argument("--image-embeddings", action="store_true",
+                   help="IML-GCN and ML-AGCN take image-based node features from the same "
+                   "seed's ASL run (the paper's); default one-hot (same parameter count)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", required=True, help="tables, CSVs, plot")
     p.add_argument("--runs", help="run folders and the --digits images (default <out>/runs)")
@@ -398,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if args.quick:
         data_flags, extra = write_synthetic(runs / "data"), [*QUICK_FLAGS, *extra]
+        args.image_embeddings = True  # exercise that path too
         title = "quick synthetic check (NOT MS-COCO)"
         args.seeds = args.seeds[:1] if "--seeds" not in argv else args.seeds
     elif args.digits:
@@ -409,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer = load_trainer()
     results = []
     for seed in args.seeds:
-        for run in RUNS:
-            row = train_run(trainer, run, seed, data_flags, extra, runs)
+        embeddings = None
+        for run in RUNS:  # ASL first: its model gives the image embeddings
+            row = train_run(trainer, run, seed, data_flags, extra, runs, embeddings)
+            if run.system == "ASL" and args.image_embeddings:
+                embeddings = image_embedding_file(runs / f"{run.name}-s{seed}")
             results.append(row)
             print(f"run {run.name} seed {seed}: mAP {row['mAP']:.2f} "
                   f"({row['seconds']:.0f} s)", flush=True)
@@ -419,7 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "tables.csv", table_rows(results, params),
               ["table", "system", "layers", "graph", "metric", "seeds", "mean", "spread",
                "published", "params_m"])
-    text = markdown(results, params, title)
+    features = ("image embeddings from the same seed's ASL run" if args.image_embeddings
+                else "one-hot (N-dim; the paper's image embeddings: --image-embeddings)")
+    setup = (f"Setup: `coco_train.py --recipe ...` with `{' '.join(extra) or '(recipe defaults)'}`"
+             f" for every run; IML-GCN and ML-AGCN node features: {features}.")
+    text = markdown(results, params, title, setup)
     (out / "tables.md").write_text(text)
     plot(results, out / "paper_tables.png", title)
     (out / "env.json").write_text(json.dumps(

@@ -15,6 +15,11 @@ Resume (``auto`` = ``<output>/last.pth``), evaluate a checkpoint, rerun a config
     python examples/coco_train.py --evaluate runs/coco/best.pth
     python examples/coco_train.py --config runs/coco/config.yaml --output runs/coco2
 
+The paper's baselines are recipes of the same harness (``--recipe ml-agcn`` (default),
+``iml-gcn``, ``ml-gcn``, ``asl``; :mod:`agcn_pyg.train.recipes`: sources and assumptions)::
+
+    python examples/coco_train.py --data /data/coco --recipe ml-gcn --num-layers 1
+
 See ``examples/README.md`` for every flag and what the files in ``--output`` hold. The
 pieces are in :mod:`agcn_pyg.train`; this script parses arguments and wires them.
 """
@@ -187,8 +192,9 @@ def run_evaluate(args, explicit: set[str], info, say) -> int:
     results, params = train.evaluate_checkpoint(
         state, val_set, loop_config(args, info), args.eval_batch_size or args.batch_size,
         args.threshold, **{**loader_kwargs(args, info), "persistent_workers": False})
-    say(f"Checkpoint {args.evaluate} (epoch {state.get('epoch')}, label graph "
-        f"{ModelSpec.from_checkpoint(state).adjacency_kind}), "
+    graph = ("none, linear head" if state["config"].get("head") == "linear"
+             else ModelSpec.from_checkpoint(state).adjacency_kind)
+    say(f"Checkpoint {args.evaluate} (epoch {state.get('epoch')}, label graph {graph}), "
         f"{results[next(iter(results))]['num_images']} validation images, "
         f"threshold {args.threshold}; the 'tuned' rows use the threshold that maximises CF1 "
         f"on these same images (an optimistic bound, not a held-out result)")
@@ -273,7 +279,7 @@ def build_training(model, args, info, updates_per_epoch: int):
     recipe = train.RecipeConfig(**{k: getattr(args, k) for k in fields})
     scaler = train.resolve_amp(args.amp, info.device)[1]
     parts = train.build_parts(model, recipe, updates_per_epoch, grad_scaler=scaler)
-    if args.compile_head and args.head == "graph":  # after the EMA copy: compiled functions do not deep-copy
+    if args.compile_head and args.head == "graph":  # after the EMA copy (no deep copy)
         model.head.compile_classifiers()
     return parts
 

@@ -76,7 +76,8 @@ def test_quick_results_and_tables(quick):
         assert all(0 <= float(r[m]) <= 100 for m in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"))
     text = (quick / "tables.md").read_text()
     # Published numbers beside ours: ML-AGCN (2 layers) Table 1, Table 2 and Table 3 rows.
-    assert "| ML-AGCN (2 layers), paper | | 86.9 | 86.2 | 78.3 | 81.7 | 87.2 | 80.7 | 83.8 |" in text
+    assert ("| ML-AGCN (2 layers), paper | | 86.9 | 86.2 | 78.3 | 81.7 | 87.2 | 80.7 | 83.8 |"
+            in text)
     assert "37.43 / 37.4" in text and "| A+B | " in text and "| 86.6 | 37.5 |" in text
     assert (quick / "paper_tables.png").stat().st_size > 10_000
     cells = read_csv(quick / "tables.csv")

@@ -38,8 +38,9 @@ def create_linear_model(
     cfg.update(num_classes=num_labels, custom_load=False)
     if label_names is not None:
         if isinstance(label_names, str) or len(label_names) != num_labels:
-            raise ValueError(f"'label_names' must be {num_labels} names, one per label (got "
-                             f"{label_names if isinstance(label_names, str) else len(label_names)})")
+            got = label_names if isinstance(label_names, str) else len(label_names)
+            raise ValueError(f"'label_names' must be {num_labels} names, one per label "
+                             f"(got {got})")
         cfg["label_names"] = tuple(str(n) for n in label_names)
     model.pretrained_cfg = cfg
     return model

@@ -408,7 +408,8 @@ def load_model(
             warnings.warn(
                 "the checkpoint has no data_config (input_size, mean, std); using timm's "
                 f"default for the backbone '{state['config']['model_name']}'", stacklevel=2)
-    names = model.label_names or [str(i) for i in range(model.num_classes)]
+    names = (getattr(model, "label_names", None) or model.pretrained_cfg.get("label_names")
+             or [str(i) for i in range(model.num_classes)])
     return LoadedModel(model, list(names), dict(resolve_data_config({}, model=model)))
 
 
