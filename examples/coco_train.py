@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g("--recipe", choices=tuple(recipes.RECIPES), default="ml-agcn",
       help="the paper's systems (README 'Paper recipes'): backbone, head, A, node features, "
       "graphs")
-    g("--model", help="timm backbone (ml-agcn, iml-gcn, asl: tresnet_m; ml-gcn: resnet101)")
+    g("--model", default="tresnet_m", help="timm backbone")  # ml-gcn's recipe: resnet101
     g("--head", choices=recipes.HEADS, help="graph layers, or timm's linear classifier (asl)")
     g("--graph", choices=recipes.GRAPHS, help="eq. 3's matrices (Table 3); ml-agcn: A+B+C")
     g("--bias", action=Bool, default=None, help="bias in the graph layers (ml-gcn: none)")
@@ -103,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     g("--hidden", type=POS, default=1024, help="hidden graph channels")
     g("--node-features", help="onehot, gaussian:D (fixed random, ml-gcn: gaussian:300 in "
       "place of GloVe) or a .npy/.pt [N, d] file")
-    g("--adj-variant", choices=ADJACENCY_KINDS,
+    g("--adj-variant", choices=ADJACENCY_KINDS, default=DEFAULT_ADJACENCY,
       help="reading of the label graph A (README 'Fidelity'): normalized = D P^T D as "
       "ML-GCN's gen_adj, cooccurrence = raw P(j|i), row_normalized, mlgcn = thresholded "
-      f"(ml-agcn: {DEFAULT_ADJACENCY}; iml-gcn, ml-gcn: mlgcn)")
+      "(iml-gcn and ml-gcn recipes: mlgcn)")
     g("--label-graph", choices=("auto", "dense", "sparse"), default="auto",
       help="sparse: counts and A as sparse matrices, the layers on the complete path (README "
       f"'Label graphs of any size'); auto: sparse from {SPARSE_GRAPH_MIN_LABELS} labels on")
