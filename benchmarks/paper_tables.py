@@ -291,7 +291,7 @@ def markdown(results: list[dict], params: list[dict], title: str, setup: str) ->
     seeds = sorted({r["seed"] for r in results})
 
     def label(system, layers):
-        return system + (f" ({layers} layer{'s' * (layers > 1)})" if layers else " (TResNet-M)")
+        return system + (f" ({layers} layer{'s' * (layers > 1)})" if layers else " (linear head)")
 
     lines = [f"# The paper's Tables 1-3: {title}", "",
              f"Mean ± sample standard deviation over seeds {seeds}; each run's best epoch "
@@ -464,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out / "paper_tables.png", title)
     (out / "env.json").write_text(json.dumps(
         {**env_info(torch.device("cpu")), "argv": argv, "extra": extra,
-         "seconds": round(time.perf_counter() - start, 1),
+         "seconds": round(time.perf_counter() - start, 1),  # this call (reused runs: ~0)
+         "train_seconds": round(sum(r["seconds"] for r in results), 1),
          "run_seconds": {f"{r['system']}-L{r['layers']}-{r['graph']}-s{r['seed']}":
                          r["seconds"] for r in results}}, indent=1, default=str))
     print(text)
