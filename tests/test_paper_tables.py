@@ -16,7 +16,7 @@ import torch
 
 from agcn_pyg import count_parameters, create_model
 from agcn_pyg.train import recipes
-from agcn_pyg.train.checkpoint import ModelSpec
+from agcn_pyg.train.checkpoint import ModelSpec, load_model
 from agcn_pyg.train.config import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,5 +136,6 @@ def test_linear_spec_round_trip():
     again.load_state_dict(model.state_dict())
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(again.eval()(x), model(x))
+    assert load_model(model).label_names == ["a", "b", "c"]  # predict.py's loader takes it
     with pytest.raises(ValueError, match="gaussian:D"):
         recipes.node_features("gaussian:x", 3)

@@ -397,7 +397,7 @@ def load_model(
 
     if isinstance(source, LoadedModel):
         return source
-    if isinstance(source, MLAGCN):
+    if isinstance(source, nn.Module):  # an MLAGCN, or the asl recipe's timm classifier
         model = source
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         model = from_pretrained(os.fspath(source))
