@@ -104,9 +104,9 @@ def apply_recipe(args: argparse.Namespace, explicit: Collection[str]) -> Recipe:
     for key, value in recipe.defaults.items():
         if key not in explicit:
             setattr(args, key, value)
-    if args.head == "graph":  # an explicit --head graph on the asl recipe: ML-AGCN's head
+    if args.head == "graph":  # `--recipe asl --head graph`: the graph options ML-AGCN's
         for key, value in RECIPES["ml-agcn"].defaults.items():
-            if getattr(args, key, None) is None and key != "global_pool":
+            if getattr(args, key, None) is None:
                 setattr(args, key, value)
     return recipe
 
@@ -178,8 +178,8 @@ def describe(args: argparse.Namespace) -> str:
     system = RECIPES[args.recipe].system
     if args.head == "linear":
         return f"{system} recipe: {args.model} with its linear classifier"
-    graph = "+".join(["A", *("B" * ("attention" not in (kw := _head_kwargs(args)))),
-                      *("C" * ("similarity" not in kw))])
+    off = _head_kwargs(args)
+    graph = "A" + "+B" * ("attention" not in off) + "+C" * ("similarity" not in off)
     return (f"{system} recipe: {args.model}, graph head {graph} ({args.adj_variant}), "
             f"{args.num_layers} layer(s), node features {args.node_features or 'onehot'}"
             + (", no bias" if args.bias is False else "")
