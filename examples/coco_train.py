@@ -15,6 +15,11 @@ Resume (``auto`` = ``<output>/last.pth``), evaluate a checkpoint, rerun a config
     python examples/coco_train.py --evaluate runs/coco/best.pth
     python examples/coco_train.py --config runs/coco/config.yaml --output runs/coco2
 
+The paper's baselines are recipes of the same harness (``--recipe ml-agcn`` (default),
+``iml-gcn``, ``ml-gcn``, ``asl``; :mod:`agcn_pyg.train.recipes`: sources and assumptions)::
+
+    python examples/coco_train.py --data /data/coco --recipe ml-gcn --num-layers 1
+
 See ``examples/README.md`` for every flag and what the files in ``--output`` hold. The
 pieces are in :mod:`agcn_pyg.train`; this script parses arguments and wires them.
 """
@@ -37,9 +42,9 @@ import torch
 
 from agcn_pyg import asymmetric_loss, build_transforms, count_parameters, train
 from agcn_pyg.data.label_graph import ADJACENCY_KINDS, DEFAULT_ADJACENCY
-from agcn_pyg.data.node_features import load_node_features
 from agcn_pyg.data.transforms import squash_data_config
-from agcn_pyg.train.checkpoint import CheckpointWriteError, ModelSpec, load_checkpoint, model_config
+from agcn_pyg.train import recipes
+from agcn_pyg.train.checkpoint import CheckpointWriteError, ModelSpec, load_checkpoint
 from agcn_pyg.train.datasets import SPARSE_GRAPH_MIN_LABELS
 from agcn_pyg.train.distributed import all_gather_object, cleanup, init_distributed, on_main
 from agcn_pyg.train.metrics import TABLE_COLUMNS, format_table, threshold_rows
@@ -89,16 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     g("--demo-train", type=POS, default=1000, help="synthetic training images")
     g("--demo-val", type=POS, default=161, help="synthetic validation images")
     g("--demo-labels", type=POS, default=10, help="synthetic labels")
-    g = p.add_argument_group("model").add_argument
-    g("--model", default="tresnet_m", help="timm backbone")
+    g = p.add_argument_group("model (--recipe sets these; a flag given overrides it)").add_argument
+    g("--recipe", choices=tuple(recipes.RECIPES), default="ml-agcn",
+      help="the paper's systems (README 'Paper recipes'): backbone, head, A, node features, "
+      "graphs")
+    g("--model", default="tresnet_m", help="timm backbone")  # ml-gcn's recipe: resnet101
+    g("--head", choices=recipes.HEADS, help="graph layers, or timm's linear classifier (asl)")
+    g("--graph", choices=recipes.GRAPHS, help="eq. 3's matrices (Table 3); ml-agcn: A+B+C")
+    g("--bias", action=Bool, default=None, help="bias in the graph layers (ml-gcn: none)")
+    g("--global-pool", help="timm pooling of the backbone (ml-gcn: max)")
     g("--pretrained", help="local timm checkpoint of the backbone")
     g("--img-size", type=POS, default=448, help="square input size")
     g("--num-layers", type=POS, default=2, help="graph layers")
     g("--hidden", type=POS, default=1024, help="hidden graph channels")
-    g("--node-features", help=".npy/.pt [N, d] node features (default one-hot)")
+    g("--node-features", help="onehot, gaussian:D (fixed random, ml-gcn: gaussian:300 in "
+      "place of GloVe) or a .npy/.pt [N, d] file")
     g("--adj-variant", choices=ADJACENCY_KINDS, default=DEFAULT_ADJACENCY,
       help="reading of the label graph A (README 'Fidelity'): normalized = D P^T D as "
-      "ML-GCN's gen_adj, cooccurrence = raw P(j|i), row_normalized, mlgcn = thresholded")
+      "ML-GCN's gen_adj, cooccurrence = raw P(j|i), row_normalized, mlgcn = thresholded "
+      "(iml-gcn and ml-gcn recipes: mlgcn)")
     g("--label-graph", choices=("auto", "dense", "sparse"), default="auto",
       help="sparse: counts and A as sparse matrices, the layers on the complete path (README "
       f"'Label graphs of any size'); auto: sparse from {SPARSE_GRAPH_MIN_LABELS} labels on")
@@ -184,8 +198,9 @@ def run_evaluate(args, explicit: set[str], info, say) -> int:
     results, params = train.evaluate_checkpoint(
         state, val_set, loop_config(args, info), args.eval_batch_size or args.batch_size,
         args.threshold, **{**loader_kwargs(args, info), "persistent_workers": False})
-    say(f"Checkpoint {args.evaluate} (epoch {state.get('epoch')}, label graph "
-        f"{ModelSpec.from_checkpoint(state).adjacency_kind}), "
+    graph = ("none, linear head" if state["config"].get("head") == "linear"
+             else ModelSpec.from_checkpoint(state).adjacency_kind)
+    say(f"Checkpoint {args.evaluate} (epoch {state.get('epoch')}, label graph {graph}), "
         f"{results[next(iter(results))]['num_images']} validation images, "
         f"threshold {args.threshold}; the 'tuned' rows use the threshold that maximises CF1 "
         f"on these same images (an optimistic bound, not a held-out result)")
@@ -248,7 +263,7 @@ def build_model(args, explicit: set[str], train_set, resume, folder, info, say):
     train.seed_everything(train.derive_seed(args.seed, 2**31))  # same init on every rank
     if resume is not None:
         spec = ModelSpec.from_checkpoint(resume)  # its A, whatever today's default
-        if args.adj_variant != spec.adjacency_kind:
+        if spec.config.get("head") != "linear" and args.adj_variant != spec.adjacency_kind:
             if "adj_variant" in explicit:
                 say(f"Note: a resumed run keeps the checkpoint's label graph "
                     f"({spec.adjacency_kind}); ignoring --adj-variant {args.adj_variant}")
@@ -257,15 +272,9 @@ def build_model(args, explicit: set[str], train_set, resume, folder, info, say):
         return spec.build(), spec
     graph = train.label_graph(train_set, folder.path, info.is_main, say, args.adj_variant,
                               {"auto": None, "dense": False, "sparse": True}[args.label_graph])
-    adj = graph.adjacency(args.adj_variant)
-    features = load_node_features(args.node_features, len(names)) if args.node_features else None
-    heads = {k: False for k in ("attention", "similarity") if getattr(args, f"no_{k}")}
-    config = model_config(args.model, len(names), args.num_layers,
-                          [args.hidden] * (args.num_layers - 1), heads,
-                          {"drop_path_rate": args.drop_path} if args.drop_path else {},
-                          adjacency=args.adj_variant)
-    spec = ModelSpec(config, names, adj, features)
+    spec = recipes.model_spec(args, names, graph)
     model = spec.build(pretrained=args.pretrained)
+    config = spec.config
     config["data_config"] = squash_data_config(model, args.img_size)  # ASL's eval resize
     ModelSpec.set_data_config(model, config["data_config"])
     return model, spec
@@ -281,7 +290,7 @@ def build_training(model, args, info, updates_per_epoch: int):
     recipe = train.RecipeConfig(**{k: getattr(args, k) for k in fields})
     scaler = train.resolve_amp(args.amp, info.device)[1]
     parts = train.build_parts(model, recipe, updates_per_epoch, grad_scaler=scaler)
-    if args.compile_head:  # after the EMA copy: compiled functions do not deep-copy
+    if args.compile_head and args.head == "graph":  # after the EMA copy (no deep copy)
         model.head.compile_classifiers()
     return parts
 
@@ -309,7 +318,7 @@ def setup_training(args, explicit: set[str], info, say) -> train.Trainer:
     train.first_readable(train_set, "training")  # fail now, not after an epoch
     train.first_readable(val_set, "validation")
     parts = build_training(model, args, info, updates)
-    say(f"Model: ML-AGCN on {args.model}, {args.num_layers} graph layer(s), "
+    say(f"Model: {recipes.describe(args)}, "
         f"{count_parameters(parts.model) / 1e6:.2f}M parameters; AMP {args.amp}; "
         f"{info.world_size} process(es) on {info.device.type}")
     losses = [asymmetric_loss(args.gamma_neg, args.gamma_pos, args.clip, reduction=r)
@@ -332,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     args, explicit = train.parse_args(build_parser, sys.argv[1:] if argv is None else argv)
     # No data flag: the synthetic demo. (A resumed run takes its data from the checkpoint.)
     args.demo = not any(f in explicit for f in DATA_FLAGS) and not args.evaluate
+    try:
+        recipes.apply_recipe(args, explicit)
+    except ValueError as e:
+        parser.error(str(e))
     if args.demo:
         vars(args).update({k: v for k, v in DEMO_DEFAULTS.items() if k not in explicit})
     if args.evaluate and args.resume:

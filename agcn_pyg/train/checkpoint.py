@@ -36,6 +36,7 @@ import pickle
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -43,6 +44,8 @@ from torch import Tensor, nn
 
 from agcn_pyg.io import atomic_write, load_tensors, os_error_behind
 from agcn_pyg.models.mlagcn import DATA_CONFIG_KEYS, MLAGCN, create_model, from_pretrained
+from agcn_pyg.models.linear import create_linear_model
+from agcn_pyg.models.linear import set_data_config as linear_data_config
 from agcn_pyg.train.seeding import restore_rng_state
 
 __all__ = [
@@ -220,6 +223,12 @@ class ModelSpec:
         holding the label names, the ``data_config`` it is trained and evaluated with and
         the reading of :math:`A` (``"adjacency"``, :attr:`adjacency_kind`)."""
         cfg = self.config
+        if cfg.get("head") == "linear":  # the ASL baseline: timm's own classifier, no graph
+            model = create_linear_model(cfg["model_name"], cfg["num_labels"], pretrained,
+                                        self.label_names, **cfg.get("timm_kwargs", {}))
+            if cfg.get("data_config"):
+                self.set_data_config(model, cfg["data_config"])
+            return model
         head_kwargs = dict(cfg.get("head_kwargs", {}))
         model = create_model(
             cfg["model_name"], cfg["num_labels"], self.adj, num_layers=cfg["num_layers"],
@@ -238,7 +247,8 @@ class ModelSpec:
     def set_data_config(model: MLAGCN, data_config: Mapping[str, Any]) -> None:
         """Records ``data_config`` in ``model.pretrained_cfg``; agcn_pyg trains with a
         squash resize, which older configs do not say."""
-        model.set_data_config({"crop_pct": 1.0, "crop_mode": "squash", **{
+        setter = getattr(model, "set_data_config", None) or partial(linear_data_config, model)
+        setter({"crop_pct": 1.0, "crop_mode": "squash", **{
             k: v for k, v in data_config.items() if k in DATA_CONFIG_KEYS}})
 
     @classmethod
@@ -427,7 +437,7 @@ def load_model(
 
     if isinstance(source, LoadedModel):
         return source
-    if isinstance(source, MLAGCN):
+    if isinstance(source, nn.Module):  # an MLAGCN, or the asl recipe's timm classifier
         model = source
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         model = from_pretrained(os.fspath(source))
@@ -438,7 +448,8 @@ def load_model(
             warnings.warn(
                 "the checkpoint has no data_config (input_size, mean, std); using timm's "
                 f"default for the backbone '{state['config']['model_name']}'", stacklevel=2)
-    names = model.label_names or [str(i) for i in range(model.num_classes)]
+    names = (getattr(model, "label_names", None) or model.pretrained_cfg.get("label_names")
+             or [str(i) for i in range(model.num_classes)])
     return LoadedModel(model, list(names), dict(resolve_data_config({}, model=model)))
 
 
