@@ -31,6 +31,7 @@ def _load(path, name):
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import paper_tables  # noqa: E402
+
 coco_train = _load("examples/coco_train.py", "coco_train_recipes")
 
 # (system, graph layers, labels) -> published parameters (M): Table 1 (MS-COCO, 80 labels)

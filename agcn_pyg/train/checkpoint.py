@@ -43,9 +43,9 @@ import torch
 from torch import Tensor, nn
 
 from agcn_pyg.io import atomic_write, load_tensors, os_error_behind
-from agcn_pyg.models.mlagcn import DATA_CONFIG_KEYS, MLAGCN, create_model, from_pretrained
 from agcn_pyg.models.linear import create_linear_model
 from agcn_pyg.models.linear import set_data_config as linear_data_config
+from agcn_pyg.models.mlagcn import DATA_CONFIG_KEYS, MLAGCN, create_model, from_pretrained
 from agcn_pyg.train.seeding import restore_rng_state
 
 __all__ = [
