@@ -48,6 +48,8 @@ from agcn_pyg.nn.conv_checks import (
     check_sparse,
     describe,
 )
+from agcn_pyg.nn.kernels import edge as edge_kernels
+from agcn_pyg.nn.kernels import use_triton
 
 
 class AdaptiveGraphs(NamedTuple):
@@ -454,6 +456,9 @@ class AdaptiveGCNConv(MessagePassing):
         self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite,
         return_attention_weights,
     ):
+        if self._edge_kernel_applies(x_src, edge_index, return_attention_weights):
+            return self._edge_kernel_forward(x_src, x_dst, edge_index, edge_weight, edge_attr,
+                                             bipartite)
         graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
         a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
         alpha = a
@@ -470,6 +475,43 @@ class AdaptiveGCNConv(MessagePassing):
         if return_attention_weights:
             return out, _as_layout(graph.edge_index, alpha, graph.layout, size)
         return out
+
+    def _edge_kernel_applies(self, x: Tensor, edge_index: Adj, return_attention_weights) -> bool:
+        """Whether the fused Triton kernels take this call (:func:`~agcn_pyg.nn.kernels.
+        use_triton`): an :obj:`edge_index` (not a sparse matrix), no per-edge coefficients
+        asked for, and no attention dropout in training (it drops entries of the per-edge B,
+        which the kernels never form: the PyTorch path runs then)."""
+        return (
+            isinstance(edge_index, Tensor) and not is_sparse(edge_index)
+            and not return_attention_weights
+            and not (self.attention and self.dropout > 0.0 and self.training)
+            and use_triton(x)
+            and edge_kernels.fits(edge_index.size(-1), x.size(0))
+        )
+
+    def _edge_kernel_forward(self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite):
+        """Eq. 3-7 on the message-passing path in fused Triton kernels
+        (:mod:`agcn_pyg.nn.kernels.edge`): the same result, no [E, F] tensor, and the graph's
+        pattern (self-loops, CSR) built once per edge_index tensor."""
+        check_node_dims(x_src, x_dst)
+        n_src, n_dst = x_src.size(0), x_dst.size(0)
+        check_edge_index(edge_index, edge_weight, edge_attr, n_src, n_dst, not bipartite)
+        if edge_weight is not None:
+            check_finite("edge_weight", edge_weight)
+        dtype = x_src.dtype
+        pattern = edge_kernels.edge_pattern(edge_index, n_src, n_dst, self.add_self_loops,
+                                            self.fill_value, dtype)
+        s_src, s_dst = self._attention_scores(x_src, x_dst)
+        s_edge = self._edge_scores(
+            pattern.edge_attr(edge_attr, edge_index, self.edge_fill_value), dtype)
+        u_src, u_dst = self._unit_features(x_src, x_dst) if self.similarity else (None, None)
+        out = edge_kernels.edge_attention(  # the kernels' [N, heads, C] layout, one head
+            _one_head(self.lin(x_src)), pattern,
+            pattern.weights(edge_weight, self.fill_value, dtype), _one_head(s_dst),
+            _one_head(s_src), _one_head(s_edge), u_dst, u_src, self.negative_slope,
+            loops=not bipartite,
+        ).squeeze(1)
+        return out if self.bias is None else out + self.bias
 
     def _edge_terms(self, x_src: Tensor, x_dst: Tensor, graph: _EdgeGraph, bipartite: bool):
         """(a, b, c) of every edge: eq. 3's three graphs on the message-passing path."""
@@ -972,6 +1014,10 @@ def _mask_pairs(coef: Tensor, mask: OptTensor) -> Tensor:
     if mask is None:
         return coef
     return coef * (mask.unsqueeze(-1) & mask.unsqueeze(-2)).to(coef.dtype)
+
+
+def _one_head(t: OptTensor) -> OptTensor:
+    return None if t is None else t.unsqueeze(1)
 
 
 def _requires_grad(*tensors: Tensor) -> bool:
