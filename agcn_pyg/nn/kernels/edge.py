@@ -33,7 +33,6 @@ decorates on first launch, once per mode.
 
 from __future__ import annotations
 
-import collections
 import functools
 from typing import NamedTuple
 
@@ -43,7 +42,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from torch_geometric import is_compiling
 from torch_geometric.utils.loop import compute_loop_attr
 
-from agcn_pyg.nn.kernels import interpreting, triton_available
+from agcn_pyg.nn.kernels import interpreting
+from agcn_pyg.nn.kernels.counting import record_launch
 
 try:
     import triton
@@ -51,11 +51,7 @@ try:
 except ImportError:  # the PyTorch path needs no Triton
     triton = tl = None
 
-__all__ = ["EdgePattern", "edge_attention", "edge_pattern", "kernel_launches"]
-
-#: Triton kernels launched so far, by kernel name (what the op counter of
-#: :mod:`agcn_pyg.nn.kernels.counting` reads: one custom op = the kernels it launched).
-kernel_launches: collections.Counter = collections.Counter()
+__all__ = ["EdgePattern", "edge_attention", "edge_pattern"]
 
 _INDEX_LIMIT = 2**31 - 1  # the patterns are int32
 
@@ -420,7 +416,7 @@ def _compiled(fn, interpret: bool):
 
 
 def _launch(fn, grid, *args, **meta):
-    kernel_launches[fn.__name__] += 1
+    record_launch(fn.__name__)  # what agcn_pyg.nn.kernels.counting counts for the op
     _compiled(fn, interpreting())[grid](*args, **meta)
 
 
