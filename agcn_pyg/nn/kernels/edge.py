@@ -26,9 +26,11 @@ The op is a ``torch.library`` custom op (``agcn::edge_attention`` and its backwa
 patterns with static shapes (self-loops appended, stored ones moved past the rows' end) and
 caches them per graph tensor.
 
-Kernels are built lazily: Triton reads ``TRITON_INTERPRET`` when a function is decorated, so
-decorating at import time would fix the mode for the whole process. :func:`_compiled`
-decorates on first launch, once per mode.
+The kernels are plain functions decorated on their first launch (:func:`_compiled`), so this
+module imports without Triton. Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) must be
+switched on before Triton is imported — its standard library (``tl.sum``, ``tl.max``) is
+decorated then, and PyG imports Triton — i.e. before ``agcn_pyg`` or ``torch_geometric``;
+``tests/conftest.py`` does so on machines without CUDA.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from torch.utils.weak import WeakIdKeyDictionary
 from torch_geometric import is_compiling
 from torch_geometric.utils.loop import compute_loop_attr
 
-from agcn_pyg.nn.kernels import interpreting
 from agcn_pyg.nn.kernels.counting import record_launch
 
 try:
@@ -408,16 +409,14 @@ def _backward_columns_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(fn, interpret: bool):
-    """``triton.jit(fn)`` for the current mode: Triton reads ``TRITON_INTERPRET`` when it
-    decorates, so a module-level decorator would fix the mode at import time."""
-    del interpret  # (part of the cache key only)
+def _compiled(fn):
+    """``triton.jit(fn)``, once a kernel (compiled, or interpreted under TRITON_INTERPRET=1)."""
     return triton.jit(fn)
 
 
 def _launch(fn, grid, *args, **meta):
     record_launch(fn.__name__)  # what agcn_pyg.nn.kernels.counting counts for the op
-    _compiled(fn, interpreting())[grid](*args, **meta)
+    _compiled(fn)[grid](*args, **meta)
 
 
 def _blocks(c: int, d: int) -> dict:
