@@ -264,10 +264,10 @@ def test_pattern_cached_per_tensor_and_version():
     first = edge_kernels.edge_pattern(edge_index, N, N, True)
     assert edge_kernels.edge_pattern(edge_index, N, N, True) is first
     assert edge_kernels.edge_pattern(edge_index.clone(), N, N, True) is not first  # new tensor
-    assert edge_kernels.edge_pattern(edge_index, N, N, False) is not first  # other settings
     edge_index[0, 0] = 5  # in place: the version counter moves
     changed = edge_kernels.edge_pattern(edge_index, N, N, True)
     assert changed is not first
+    assert edge_kernels.edge_pattern(edge_index, N, N, False) is not changed  # other settings
     # Row 0 now holds the edge from 5 instead of 1.
     row0 = changed.col[changed.rowptr[0]:changed.rowptr[1]].tolist()
     assert 5 in row0 and 1 not in row0
