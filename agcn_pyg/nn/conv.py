@@ -479,10 +479,19 @@ class AdaptiveGCNConv(MessagePassing):
     def _edge_kernel_applies(self, x: Tensor, edge_index: Adj, return_attention_weights) -> bool:
         """Whether the fused Triton kernels take this call (:func:`~agcn_pyg.nn.kernels.
         use_triton`): an :obj:`edge_index` (not a sparse matrix), no per-edge coefficients
-        asked for, and no attention dropout in training (it drops entries of the per-edge B,
-        which the kernels never form: the PyTorch path runs then)."""
+        asked for, no attention dropout in training (it drops entries of the per-edge B, which
+        the kernels never form), no float64 (the kernels accumulate in float32), and nobody
+        watching the message passing (PyG's explain mode, message/propagate hooks such as
+        :class:`~torch_geometric.explain.algorithm.AttentionExplainer`'s, which read the
+        per-edge alpha); otherwise the PyTorch path runs."""
         return (
             isinstance(edge_index, Tensor) and not is_sparse(edge_index)
+            and x.dtype != torch.float64
+            and not self.explain
+            and not any(getattr(self, f"_{stage}_forward{kind}_hooks")
+                        for stage in ("propagate", "message", "aggregate",
+                                      "message_and_aggregate", "edge_update")
+                        for kind in ("_pre", ""))
             and not return_attention_weights
             and not (self.attention and self.dropout > 0.0 and self.training)
             and use_triton(x)
