@@ -129,7 +129,11 @@ class AdaptiveGCNConv(MessagePassing):
       :obj:`torch.sparse` matrix or a :class:`torch_sparse.SparseTensor` (transposed layout,
       ``adj_t[i, j]`` = weight of :math:`j \to i`, as for
       :class:`~torch_geometric.nn.conv.GCNConv`) takes the message-passing path. Only the
-      stored entries are edges.
+      stored entries are edges. On CUDA an :obj:`edge_index` runs as fused Triton kernels
+      (:mod:`agcn_pyg.nn.kernels.edge`; no :obj:`[E, F]` tensor, the graph's pattern built
+      once per tensor, no host sync on a repeated call) except with
+      :obj:`return_attention_weights`, attention dropout in training, float64 or PyG's
+      explain hooks; :obj:`AGCN_KERNELS=torch|triton` forces a backend.
 
     **Label graphs of any size.** With :obj:`complete=True` a sparse graph is read as the
     complete graph: :math:`\mathbf{B}` and :math:`\mathbf{C}` range over every pair of nodes
