@@ -1,5 +1,6 @@
 """Shared pytest set-up: tests marked ``cuda`` skip on machines without a GPU, where Triton's
-interpreter is switched on for the tests marked ``triton``; tests marked ``sparse`` fail instead of skipping where AGCN_REQUIRE_TORCH_SPARSE=1 (CI's sparse step)."""
+interpreter is switched on for the tests marked ``triton``; tests marked ``sparse`` fail instead
+of skipping where AGCN_REQUIRE_TORCH_SPARSE=1 (CI's sparse step)."""
 
 import os
 

@@ -281,9 +281,10 @@ def test_pattern_cached_per_tensor_and_version():
     # CSR and CSC list the same (source, target) pairs: the stored loops dropped, one appended
     # per node; the dropped ones sit past the last row.
     csr = sorted(zip(changed.col.tolist()[: changed.rowptr[-1]],
-                     torch.repeat_interleave(torch.arange(N), changed.rowptr.diff()).tolist()))
+                     torch.repeat_interleave(torch.arange(N), changed.rowptr.diff()).tolist(),
+                     strict=True))
     csc = sorted(zip(torch.repeat_interleave(torch.arange(N), changed.colptr.diff()).tolist(),
-                     changed.row.tolist()[: changed.colptr[-1]]))
+                     changed.row.tolist()[: changed.colptr[-1]], strict=True))
     listed = sorted((j, i) for _, j, i in pattern_edges(edge_index.t().tolist(), N, True))
     assert csr == csc == listed
 

@@ -408,7 +408,7 @@ def _backward_columns_kernel(
         tl.store(du_src_ptr + (j * H + hd) * D + offs_d, du, mask=mask_d)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(fn):
     """``triton.jit(fn)``, once a kernel (compiled, or interpreted under TRITON_INTERPRET=1)."""
     return triton.jit(fn)
