@@ -217,7 +217,7 @@ def test_layer_on_kernels_matches_float64(interpreted, edge_dim):
     torch.nn.init.normal_(conv.bias)
     x = torch.randn(N, 5, requires_grad=True)
     edge_index = torch.tensor(EDGES).t()
-    edge_weight = torch.rand(len(EDGES))
+    edge_weight = torch.rand(len(EDGES), requires_grad=True)  # learned weights: gradients too
     edge_attr = torch.randn(len(EDGES), 3) if edge_dim else None
     launched = triton_launches.copy()
     out = conv(x, edge_index, edge_weight, edge_attr=edge_attr)
@@ -225,7 +225,8 @@ def test_layer_on_kernels_matches_float64(interpreted, edge_dim):
     (out.double() * grad).sum().backward()
     assert triton_launches["_forward_kernel"] == launched["_forward_kernel"] + 1
     x64 = x.detach().double().requires_grad_()
-    expected, params = layer_reference(conv, x64, x64, EDGES, edge_weight, edge_attr, True)
+    w64 = edge_weight.detach().double().requires_grad_()
+    expected, params = layer_reference(conv, x64, x64, EDGES, w64, edge_attr, True)
     assert (out.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
     (expected * grad).sum().backward()
     # Every weight gradient at the scale of all of them (the attention vectors' are small).
@@ -233,6 +234,9 @@ def test_layer_on_kernels_matches_float64(interpreted, edge_dim):
     for name, param in conv.named_parameters():
         assert (param.grad.double() - params[name].grad).abs().max() <= 1e-5 * scale, name
     assert (x.grad.double() - x64.grad).abs().max() <= 1e-5 * x64.grad.abs().max()
+    # Node 0's appended loop takes the weight of its last stored loop (edge 4); edge 3 is dropped.
+    assert edge_weight.grad[3] == 0 and w64.grad[3] == 0 and w64.grad[4] != 0
+    assert (edge_weight.grad.double() - w64.grad).abs().max() <= 1e-5 * w64.grad.abs().max()
 
 
 def test_layer_bipartite_on_kernels(interpreted):
@@ -318,6 +322,8 @@ def test_counts_below_gatconv_and_no_host_sync(interpreted, monkeypatch):
     assert ours.kernel_ops["agcn::edge_attention_backward"] == 2
     assert ours.kernels <= gat.kernels, (ours.kernels, gat.kernels)
     assert ours.syncs == 0, ours.sync_ops
+    # The pattern (sorts, pointers) was built on the first call only.
+    assert not any("sort" in op for op in ours.kernel_ops), ours.kernel_ops
     assert gat.syncs >= 1  # (the counter sees GATConv's boolean-mask self-loop removal)
 
 
