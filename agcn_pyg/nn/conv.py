@@ -549,10 +549,14 @@ class AdaptiveGCNConv(MessagePassing):
         # The dot products sampled on the graph's pattern (SDDMM): no [E, F_in] gathers of
         # x_hat_i and x_hat_j, and about 3-4x less time on a sparse graph (benchmarks/NOTES.md).
         n_dst, n_src = x_dst.size(0), x_src.size(0)
-        perm = (dst * n_src + src).argsort()
+        key = dst * n_src + src
+        perm = key.argsort()
+        # Row pointers by searching the sorted keys for each row's first one: unlike bincount,
+        # no read of the maximum back to the host.
+        rows = torch.arange(n_dst + 1, device=dst.device) * n_src
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            crow = F.pad(torch.bincount(dst, minlength=n_dst).cumsum(0), (1, 0))
+            crow = torch.searchsorted(key[perm], rows)
             pattern = torch.sparse_csr_tensor(
                 crow, src[perm], x_hat_src.new_ones(perm.numel()), (n_dst, n_src),
                 check_invariants=False,
