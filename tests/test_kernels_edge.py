@@ -354,19 +354,24 @@ _COMPILE = textwrap.dedent("""
     from triton.compiler import ASTSource
     from agcn_pyg.nn.kernels import edge
     INDEX = {"rowptr_ptr", "col_ptr", "eid_ptr", "colptr_ptr", "row_ptr"}
-    for fn in (edge._forward_kernel, edge._backward_rows_kernel, edge._backward_columns_kernel):
-        for data in ("fp32",):  # (bf16 adds only conversions at loads and stores)
-            consts = dict(ATT=True, EDGE=True, SIM=True, LOOPS=True, BLOCK_E=16, BLOCK_C=64,
-                          BLOCK_D=64)
+    # Every input present; and the layer's default, no edge features (s_edge is None).
+    for edge_features in (True, False):
+        for fn in (edge._forward_kernel, edge._backward_rows_kernel,
+                   edge._backward_columns_kernel):
+            names = inspect.signature(fn).parameters
+            consts = dict(ATT=True, EDGE=edge_features, SIM=True, LOOPS=True, BLOCK_E=16,
+                          BLOCK_C=64, BLOCK_D=64)
+            if not edge_features and "s_edge_ptr" in names:
+                consts["s_edge_ptr"] = None
             signature = {
                 name: "constexpr" if name in consts else "*i32" if name in INDEX
-                else f"*{data}" if name in ("h_ptr", "g_ptr", "out_ptr", "dh_ptr")
                 else "*fp32" if name.endswith("_ptr") else "fp32" if name == "slope" else "i32"
-                for name in inspect.signature(fn).parameters}
+                for name in names}
             triton.compile(ASTSource(triton.jit(fn), signature, constexprs=consts),
                            target=GPUTarget("cuda", 90, 32))
     print("compiled")
 """)
+
 
 
 @pytest.mark.slow
