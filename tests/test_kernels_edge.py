@@ -239,6 +239,18 @@ def test_layer_on_kernels_matches_float64(interpreted, edge_dim):
     assert (edge_weight.grad.double() - w64.grad).abs().max() <= 1e-5 * w64.grad.abs().max()
 
 
+def test_layer_default_weights_on_kernels(interpreted):
+    """edge_weight=None: stored edges weigh 1, an appended loop 1 where one was stored (node 0,
+    node 2, node 5), fill_value elsewhere (cached with the pattern)."""
+    torch.manual_seed(2)
+    conv = AdaptiveGCNConv(5, 4, fill_value=2.5)
+    x = torch.randn(N, 5)
+    out = conv(x, torch.tensor(EDGES).t())
+    expected, _ = layer_reference(conv, x, x, EDGES, torch.ones(len(EDGES)), None, True,
+                                  fill=2.5)
+    assert (out.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
 def test_layer_bipartite_on_kernels(interpreted):
     """x = (x_src, x_dst): no self-loops, eq. 6's term absent, c_ij from both feature sets."""
     torch.manual_seed(1)

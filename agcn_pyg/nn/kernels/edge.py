@@ -77,7 +77,7 @@ class EdgePattern(NamedTuple):
     row: Tensor  # [E'] target of each CSC edge
     eid_csc: Tensor  # [E']
     loop_edge: Tensor | None  # [N] with add_self_loops, else None
-    ones: Tensor  # [E'] the weights of an edge_weight=None call
+    default_weight: Tensor  # [E'] a_ij of an edge_weight=None call
 
     @property
     def num_edges(self) -> int:
@@ -87,7 +87,8 @@ class EdgePattern(NamedTuple):
         """a_ij of every pattern edge (the appended loops: the stored loop's weight, else
         :obj:`fill_value`), in stored-edge order."""
         if edge_weight is None:
-            return self.ones if self.ones.dtype == dtype else self.ones.to(dtype)
+            w = self.default_weight
+            return w if w.dtype == dtype else w.to(dtype)
         edge_weight = edge_weight.to(dtype)
         if self.loop_edge is None:
             return edge_weight
@@ -117,12 +118,12 @@ def _sorted(key: Tensor, other: Tensor, limit: int, n: int):
 
 
 def build_pattern(edge_index: Tensor, n_src: int, n_dst: int, add_self_loops: bool,
-                  dtype: torch.dtype = torch.float32) -> EdgePattern:
+                  fill_value: float = 1.0, dtype: torch.dtype = torch.float32) -> EdgePattern:
     """The CSR and CSC patterns of :obj:`edge_index` (:class:`EdgePattern`), shapes fixed by
     the input's (no host read: this traces under ``torch.compile`` without a break)."""
     src, dst = edge_index[0].long(), edge_index[1].long()
     loop_edge = None
-    ones = torch.ones(src.numel(), dtype=dtype, device=src.device)
+    weight = torch.ones(src.numel(), dtype=dtype, device=src.device)
     if add_self_loops:
         is_loop = src == dst
         ids = torch.arange(src.numel(), device=src.device)
@@ -131,16 +132,17 @@ def build_pattern(edge_index: Tensor, n_src: int, n_dst: int, add_self_loops: bo
         nodes = torch.arange(n_src, device=src.device)
         keep = torch.cat([~is_loop, torch.ones_like(nodes, dtype=torch.bool)])
         src, dst = torch.cat([src, nodes]), torch.cat([dst, nodes])
-        # With edge_weight=None the stored weights are 1, so every appended loop weighs 1
-        # if a loop was stored, else fill_value: set per call (fill_value is the layer's).
-        ones = torch.cat([ones, torch.ones(n_src, dtype=dtype, device=src.device)])
+        # With edge_weight=None the stored weights are 1: an appended loop weighs 1 where a
+        # loop was stored, else fill_value.
+        loops = torch.where(loop_edge >= 0, 1.0, float(fill_value)).to(dtype)
+        weight = torch.cat([weight, loops])
         dst_key = torch.where(keep, dst, n_dst)  # stored loops past the last row
         src_key = torch.where(keep, src, n_src)
     else:
         dst_key, src_key = dst, src
     rowptr, col, eid = _sorted(dst_key, src, n_src, n_dst)
     colptr, row, eid_csc = _sorted(src_key, dst, n_dst, n_src)
-    return EdgePattern(rowptr, col, eid, colptr, row, eid_csc, loop_edge, ones)
+    return EdgePattern(rowptr, col, eid, colptr, row, eid_csc, loop_edge, weight)
 
 
 # Per graph tensor: (version, configuration, pattern). Keyed by identity (weakly, so an entry
@@ -152,17 +154,13 @@ def edge_pattern(edge_index: Tensor, n_src: int, n_dst: int, add_self_loops: boo
                  fill_value: float = 1.0, dtype: torch.dtype = torch.float32) -> EdgePattern:
     """:func:`build_pattern`, computed on the first call and cached while :obj:`edge_index` is
     the same tensor, unchanged (its version counter); under ``torch.compile`` built in the
-    traced graph each call. The default weights (:obj:`edge_weight=None`) are set here."""
+    traced graph each call."""
     config = (n_src, n_dst, add_self_loops, float(fill_value), dtype)
     if not is_compiling():
         cached = _PATTERNS.get(edge_index)
         if cached is not None and cached[:2] == (edge_index._version, config):
             return cached[2]
-    pattern = build_pattern(edge_index, n_src, n_dst, add_self_loops, dtype)
-    if pattern.loop_edge is not None:
-        e = edge_index.size(1)
-        loops = torch.where(pattern.loop_edge >= 0, 1.0, float(fill_value)).to(dtype)
-        pattern = pattern._replace(ones=torch.cat([pattern.ones[:e], loops]))
+    pattern = build_pattern(edge_index, n_src, n_dst, add_self_loops, fill_value, dtype)
     if not is_compiling():
         _PATTERNS[edge_index] = (edge_index._version, config, pattern)
     return pattern
