@@ -53,6 +53,8 @@ from agcn_pyg.nn.conv_checks import (
     check_sparse,
     check_sparse_call,
 )
+from agcn_pyg.nn.kernels import edge as edge_kernels
+from agcn_pyg.nn.kernels import use_triton
 
 
 class AdaptiveGraphs(NamedTuple):
@@ -151,7 +153,11 @@ class AdaptiveGCNConv(MessagePassing):
       :obj:`torch.sparse` matrix or a :class:`torch_sparse.SparseTensor` (transposed layout,
       ``adj_t[i, j]`` = weight of :math:`j \to i`, as for
       :class:`~torch_geometric.nn.conv.GCNConv`) takes the message-passing path. Only the
-      stored entries are edges.
+      stored entries are edges. On CUDA an :obj:`edge_index` runs as fused Triton kernels
+      (:mod:`agcn_pyg.nn.kernels.edge`; no :obj:`[E, F]` tensor, the graph's pattern built
+      once per tensor, no host sync on a repeated call) except with
+      :obj:`return_attention_weights`, attention dropout in training, float64 or PyG's
+      explain hooks; :obj:`AGCN_KERNELS=torch|triton` forces a backend.
 
     **Label graphs of any size.** With :obj:`complete=True` a sparse graph is read as the
     complete graph: :math:`\mathbf{B}` and :math:`\mathbf{C}` range over every pair of nodes
@@ -552,6 +558,9 @@ class AdaptiveGCNConv(MessagePassing):
         self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite,
         return_attention_weights,
     ):
+        if self._edge_kernel_applies(x_src, edge_index, return_attention_weights):
+            return self._edge_kernel_forward(x_src, x_dst, edge_index, edge_weight, edge_attr,
+                                             bipartite)
         graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
         a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
         # alpha [E, H] = a + b_h + c per head (A and C are shared: [E, 1] without attention)
@@ -570,6 +579,52 @@ class AdaptiveGCNConv(MessagePassing):
             alpha = self._public(alpha.expand(-1, self.heads), -1)
             return out, _as_layout(graph.edge_index, alpha, graph.layout, size)
         return out
+
+    def _edge_kernel_applies(self, x: Tensor, edge_index: Adj, return_attention_weights) -> bool:
+        """Whether the fused Triton kernels take this call (:func:`~agcn_pyg.nn.kernels.
+        use_triton`): an :obj:`edge_index` (not a sparse matrix), no per-edge coefficients
+        asked for, no attention dropout in training (it drops entries of the per-edge B, which
+        the kernels never form), no float64 (the kernels accumulate in float32), and nobody
+        watching the message passing (PyG's explain mode, message/propagate hooks such as
+        :class:`~torch_geometric.explain.algorithm.AttentionExplainer`'s, which read the
+        per-edge alpha); otherwise the PyTorch path runs."""
+        return (
+            isinstance(edge_index, Tensor) and not is_sparse(edge_index)
+            and x.dtype != torch.float64
+            and not self.explain
+            and not any(getattr(self, f"_{stage}_forward{kind}_hooks")
+                        for stage in ("propagate", "message", "aggregate",
+                                      "message_and_aggregate", "edge_update")
+                        for kind in ("_pre", ""))
+            and not return_attention_weights
+            and not (self.attention and self.dropout > 0.0 and self.training)
+            and use_triton(x)
+            and edge_kernels.fits(edge_index.size(-1), x.size(0))
+        )
+
+    def _edge_kernel_forward(self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite):
+        """Eq. 3-7 on the message-passing path in fused Triton kernels
+        (:mod:`agcn_pyg.nn.kernels.edge`): the same result, no [E, F] tensor, and the graph's
+        pattern (self-loops, CSR) built once per edge_index tensor."""
+        check_node_dims(x_src, x_dst)
+        n_src, n_dst = x_src.size(0), x_dst.size(0)
+        check_edge_index(edge_index, edge_weight, edge_attr, n_src, n_dst, not bipartite)
+        if edge_weight is not None:
+            check_finite("edge_weight", edge_weight)
+        dtype = x_src.dtype
+        pattern = edge_kernels.edge_pattern(edge_index, n_src, n_dst, self.add_self_loops,
+                                            self.fill_value, dtype)
+        s_src, s_dst = self._attention_scores(x_src, x_dst)
+        s_edge = self._edge_scores(
+            pattern.edge_attr(edge_attr, edge_index, self.edge_fill_value), dtype)
+        u_src, u_dst = self._unit_features(x_src, x_dst) if self.similarity else (None, None)
+        out = edge_kernels.edge_attention(  # the kernels' [N, heads, C] layout, one head
+            _one_head(self.lin(x_src)), pattern,
+            pattern.weights(edge_weight, self.fill_value, dtype), _one_head(s_dst),
+            _one_head(s_src), _one_head(s_edge), u_dst, u_src, self.negative_slope,
+            loops=not bipartite,
+        ).squeeze(1)
+        return out if self.bias is None else out + self.bias
 
     def _edge_terms(self, x_src: Tensor, x_dst: Tensor, graph: _EdgeGraph, bipartite: bool):
         """(a, b, c) of every edge: eq. 3's three graphs on the message-passing path."""
@@ -594,10 +649,14 @@ class AdaptiveGCNConv(MessagePassing):
         # The dot products sampled on the graph's pattern (SDDMM): no [E, F_in] gathers of
         # x_hat_i and x_hat_j, and about 3-4x less time on a sparse graph (benchmarks/NOTES.md).
         n_dst, n_src = x_dst.size(0), x_src.size(0)
-        perm = (dst * n_src + src).argsort()
+        key = dst * n_src + src
+        perm = key.argsort()
+        # Row pointers by searching the sorted keys for each row's first one: unlike bincount,
+        # no read of the maximum back to the host.
+        rows = torch.arange(n_dst + 1, device=dst.device) * n_src
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            crow = F.pad(torch.bincount(dst, minlength=n_dst).cumsum(0), (1, 0))
+            crow = torch.searchsorted(key[perm], rows)
             pattern = torch.sparse_csr_tensor(
                 crow, src[perm], x_hat_src.new_ones(perm.numel()), (n_dst, n_src),
                 check_invariants=False,
@@ -1156,6 +1215,10 @@ def _mask_pairs(coef: Tensor, mask: OptTensor, per_head: bool = False) -> Tensor
         return coef
     pairs = mask.unsqueeze(-1) & mask.unsqueeze(-2)
     return coef * (pairs.unsqueeze(-3) if per_head else pairs).to(coef.dtype)
+
+
+def _one_head(t: OptTensor) -> OptTensor:
+    return None if t is None else t.unsqueeze(1)
 
 
 def _requires_grad(*tensors: Tensor) -> bool:
