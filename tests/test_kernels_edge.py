@@ -184,8 +184,8 @@ def layer_reference(conv, x, x_dst, edges, edge_weight, edge_attr, add_loops, fi
     p = {k: v.detach().double().requires_grad_() for k, v in conv.named_parameters()}
     x, x_dst = x.double(), x_dst.double()
     h = (x @ p["lin.weight"].t()).unsqueeze(1)
-    s_src = x @ p["lin_src.weight"].t() @ p["att_src"].t()
-    s_dst = x_dst @ p["lin_dst.weight"].t() @ p["att_dst"].t()
+    s_src = x @ p["lin_src.weight"].t() @ p["att_src"][0].t()  # att [1, H=1, C]
+    s_dst = x_dst @ p["lin_dst.weight"].t() @ p["att_dst"][0].t()
     weight = edge_weight.double()
     s_edge = None
     if edge_attr is not None:
@@ -198,7 +198,7 @@ def layer_reference(conv, x, x_dst, edges, edge_weight, edge_attr, add_loops, fi
                 loop_attr[i] = attr[stored[-1]]
             elif incoming:
                 loop_attr[i] = attr[incoming].mean(0)
-        s_edge = torch.cat([attr, loop_attr]) @ p["lin_edge.weight"].t() @ p["att_edge"].t()
+        s_edge = torch.cat([attr, loop_attr]) @ p["lin_edge.weight"].t() @ p["att_edge"][0].t()
     if add_loops:
         loop_weight = [weight[[k for k, (j, t) in enumerate(edges) if j == t == i][-1]]
                        if any(j == t == i for j, t in edges) else torch.tensor(fill).double()

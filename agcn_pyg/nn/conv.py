@@ -618,13 +618,12 @@ class AdaptiveGCNConv(MessagePassing):
         s_edge = self._edge_scores(
             pattern.edge_attr(edge_attr, edge_index, self.edge_fill_value), dtype)
         u_src, u_dst = self._unit_features(x_src, x_dst) if self.similarity else (None, None)
-        out = edge_kernels.edge_attention(  # the kernels' [N, heads, C] layout, one head
-            _one_head(self.lin(x_src)), pattern,
-            pattern.weights(edge_weight, self.fill_value, dtype), _one_head(s_dst),
-            _one_head(s_src), _one_head(s_edge), u_dst, u_src, self.negative_slope,
-            loops=not bipartite,
-        ).squeeze(1)
-        return out if self.bias is None else out + self.bias
+        out = edge_kernels.edge_attention(  # every head at once: h [N, H, C], scores [N, H]
+            self._split_heads(self.lin(x_src)), pattern,
+            pattern.weights(edge_weight, self.fill_value, dtype), s_dst, s_src, s_edge,
+            u_dst, u_src, self.negative_slope, loops=not bipartite,
+        )
+        return self._finish(out, x_dst)  # [N_dst, H, C] -> concat/mean, residual, bias
 
     def _edge_terms(self, x_src: Tensor, x_dst: Tensor, graph: _EdgeGraph, bipartite: bool):
         """(a, b, c) of every edge: eq. 3's three graphs on the message-passing path."""
@@ -1215,10 +1214,6 @@ def _mask_pairs(coef: Tensor, mask: OptTensor, per_head: bool = False) -> Tensor
         return coef
     pairs = mask.unsqueeze(-1) & mask.unsqueeze(-2)
     return coef * (pairs.unsqueeze(-3) if per_head else pairs).to(coef.dtype)
-
-
-def _one_head(t: OptTensor) -> OptTensor:
-    return None if t is None else t.unsqueeze(1)
 
 
 def _requires_grad(*tensors: Tensor) -> bool:
