@@ -49,6 +49,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch_geometric import is_compiling
 
+from agcn_pyg.nn.kernels import use_triton
+
 __all__ = ["CompleteGraphParts", "SparseAdjacency", "adjacency_matmul", "complete_attention"]
 
 
@@ -104,9 +106,21 @@ def complete_attention(
     Returns:
         :obj:`[N, F]` in :obj:`h`'s dtype, or float32 for float16/bfloat16 input (the
         attention is computed in at least float32, under autocast too).
+
+    Where :func:`~agcn_pyg.nn.kernels.use_triton` says so (CUDA tensors), a graph whose every
+    node has its self-loop takes the fused Triton kernels of
+    :mod:`agcn_pyg.nn.kernels.complete` (float32 data, float64 accumulation in registers);
+    float64 input and :obj:`accumulate_dtype` keep this PyTorch code, the reference.
     """
     _check_inputs(h, s_dst, s_src, negative_slope, has_loop)
     n = h.size(0)
+    if (has_loop is None and accumulate_dtype is None and h.dtype != torch.float64 and n > 0
+            and use_triton(h)):  # fmt: skip
+        from agcn_pyg.nn.kernels.complete import complete_attention as fused
+
+        with torch.autocast(h.device.type, enabled=False):  # one head: [N, 1, F]
+            return fused(h.unsqueeze(1), s_dst.float().unsqueeze(1), s_src.float().unsqueeze(1),
+                         negative_slope).squeeze(1)  # fmt: skip
     dtype = torch.promote_types(h.dtype, torch.float32)
     with torch.autocast(h.device.type, enabled=False):
         h, s, t = h.to(dtype), s_dst.to(dtype), s_src.to(dtype)

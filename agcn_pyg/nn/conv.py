@@ -48,6 +48,7 @@ from agcn_pyg.nn.conv_checks import (
     check_sparse,
     describe,
 )
+from agcn_pyg.nn.kernels import use_triton
 
 
 class AdaptiveGraphs(NamedTuple):
@@ -541,15 +542,18 @@ class AdaptiveGCNConv(MessagePassing):
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
         coef = adj.to(x_src.dtype)
         attended = None
+        similarity = self.similarity
         if self.attention:
             if self._sorted_attention(adj, mask, bipartite, return_attention_weights):
                 # B h by sorting the scores: the same numbers without an [N, N] softmax.
                 attended = self._complete_attention(x_src, h, None)
+            elif self._fused_dense(x_src, adj, mask, bipartite):  # A + B (+ C): one kernel
+                coef, similarity = self._fused_coefficients(coef, x_src, return_attention_weights)
             else:
                 coef = coef + self._dense_attention(x_src, x_dst, mask, bipartite)
 
         factored = None
-        if self.similarity:
+        if similarity:
             coef, factored = self._add_dense_similarity(coef, x_src, x_dst,
                                                         return_attention_weights)
 
@@ -581,6 +585,36 @@ class AdaptiveGCNConv(MessagePassing):
             and n > self.sorted_min_ratio * self.out_channels
             and 0.0 < self.negative_slope <= 1.0
         )
+
+    def _fused_dense(self, x, adj, mask, bipartite) -> bool:
+        """Whether A + B (+ C) of a dense adjacency come from the Triton kernel of
+        :mod:`agcn_pyg.nn.kernels.dense` (CUDA tensors; see
+        :func:`~agcn_pyg.nn.kernels.use_triton`)."""
+        return (
+            adj.dim() == 2
+            and mask is None
+            and not bipartite
+            and not (self.dropout > 0.0 and self.training)
+            and self.negative_slope > 0.0
+            and x.dtype != torch.float64  # float64 stays on the reference path
+            and use_triton(x)
+        )
+
+    def _fused_coefficients(self, adj: Tensor, x: Tensor, return_attention_weights):
+        """(A + B [+ C], whether C is in it) by one kernel; C is left out where it is cached
+        or cheaper applied factored (see _add_dense_similarity)."""
+        from agcn_pyg.nn.kernels.dense import dense_coefficients
+
+        n = x.size(0)
+        cached = self.cached and not x.requires_grad and not is_compiling()
+        with_c = self.similarity and not cached and (
+            return_attention_weights or n * n <= self.out_channels * 2 * n
+        )
+        s_src, s_dst = self._attention_scores(x, x)  # one head: [N, 1]
+        x_hat = unit_rows(x) if with_c else None  # F.normalize with a leaner backward
+        coef = dense_coefficients(adj, s_dst.unsqueeze(-1), s_src.unsqueeze(-1), x_hat,
+                                  self.negative_slope, x.dtype)  # fmt: skip
+        return coef.squeeze(0), self.similarity and not with_c
 
     def _masked_dense_forward(self, x_src, x_dst, adj, mask, bipartite, return_attention_weights):
         """complete=False: eq. 3-7 over the non-zero entries of a dense adjacency only."""

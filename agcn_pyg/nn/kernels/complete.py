@@ -9,20 +9,20 @@ per-target factor, everything scaled by the row maximum :math:`m_i = \mathrm{Lea
 1. ``_block_sums``: per block of ``ROWS`` sorted keys, the weighted sums of the values (float64
    accumulators in registers; out: a float64 ``[2, H, N / ROWS, C + 1]`` array, 1/``ROWS`` of
    the data);
-2. one :func:`torch.cumsum` over those block sums (float64, on the small array);
-3. ``_scan``: per block again, the prefix sums (negative side) and suffix sums (positive side)
-   in float64 registers from the block's offset, each rounded once into a float32 ``[H, N, C]``
-   buffer (no cancellation: a prefix is stored, never a difference of two);
-4. a gather kernel per use: the forward output of eq. 5-6 (``_forward_out``), the backward's
+2. ``_scan``: per block again, the block's offsets summed from those block sums, then the prefix
+   sums (negative side) and suffix sums (positive side) in float64 registers, each rounded once
+   into a float32 ``[H, N, C]`` buffer (no cancellation: a prefix is stored, never a
+   difference of two);
+3. a gather kernel per use, each finding its queries' split points by a binary search over the
+   sorted keys: the forward output of eq. 5-6 (``_forward_out``), the backward's
    row dot products (``_backward_rows``) and the gradients of :math:`\mathbf{H}` and :math:`t`
    (``_backward_grads``), each reading the two buffers at each query's split point.
 
 Float32 data, float64 accumulation: each stored sum is its float64 value rounded once, so the
 result is within a few float32 ulps of float64 whatever :math:`N` (the bar: 1e-5 at
 :math:`N = 10^6`); float64 lives only in registers and in the block sums. Nothing of size
-:obj:`[N, C]` is saved for the backward pass: it saves :math:`\mathbf{H}`, the scores and two
-:obj:`[H, N]` index vectors (the sort of :math:`t` and each target's split point), and recomputes
-the forward's sums (as FlashAttention recomputes its coefficients).
+:obj:`[N, C]` is saved for the backward pass: it saves :math:`\mathbf{H}`, the scores and one
+:obj:`[H, N]` index vector (the sort of :math:`t`), and recomputes the forward's sums (as FlashAttention recomputes its coefficients).
 
 Layout for several heads: :obj:`h [N, H, C]`, scores :obj:`[N, H]`, one sort per head. Every
 node has its self-loop here (eq. 6's term for every :math:`i`); graphs with nodes that lack it
@@ -130,10 +130,10 @@ def _block_sums(
 
 @triton.jit
 def _scan(
-    key_ptr, t_ptr, order_ptr, top_order_ptr, z_ptr, v_ptr, u_ptr, part_ptr, csum_ptr,
+    key_ptr, t_ptr, order_ptr, top_order_ptr, z_ptr, v_ptr, u_ptr, part_ptr,
     p_ptr, s_ptr, pu_ptr, su_ptr,
     N, H, C, NB, slope,
-    ROWS: tl.constexpr, SUB: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr, SUB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
     TARGET_KEYS: tl.constexpr, HAS_U: tl.constexpr,
 ):  # fmt: skip
     """P[head, r] = sum of w_neg v over sorted keys <= r (inclusive prefix), S[head, r] = sum of
@@ -143,20 +143,26 @@ def _scan(
     cb = tl.program_id(2)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    ucol = tl.arange(0, 1) + C  # the scalar values' column of the block sums
     top = _top(t_ptr, top_order_ptr, head, N, H)
-    base_neg = (head * NB + b) * (C + 1)
-    base_pos = ((H + head) * NB + b) * (C + 1)
-    last_pos = ((H + head) * NB + NB - 1) * (C + 1)
-    # Negative side: the sum of every block before b. Positive side: of b and every block after.
-    carry = tl.load(csum_ptr + base_neg + cols, mask=cmask, other=0.0) - tl.load(
-        part_ptr + base_neg + cols, mask=cmask, other=0.0)
-    rest = (tl.load(csum_ptr + last_pos + cols, mask=cmask, other=0.0)
-            - tl.load(csum_ptr + base_pos + cols, mask=cmask, other=0.0)
-            + tl.load(part_ptr + base_pos + cols, mask=cmask, other=0.0))  # fmt: skip
-    carry_u = tl.load(csum_ptr + base_neg + ucol) - tl.load(part_ptr + base_neg + ucol)
-    rest_u = (tl.load(csum_ptr + last_pos + ucol) - tl.load(csum_ptr + base_pos + ucol)
-              + tl.load(part_ptr + base_pos + ucol))  # fmt: skip
+    # The block's offsets from the block sums (N / ROWS rows, read from L2 by every program;
+    # no separate scan launch): negative side, the sum of every block before b; positive
+    # side, of b and every block after it.
+    carry = tl.zeros([BLOCK_C], tl.float64)
+    rest = tl.zeros([BLOCK_C], tl.float64)
+    carry_u = tl.zeros([1], tl.float64)
+    rest_u = tl.zeros([1], tl.float64)
+    for b0 in range(0, NB, BLOCK_B):
+        blocks = b0 + tl.arange(0, BLOCK_B)
+        before = blocks < b
+        after = (blocks >= b) & (blocks < NB)
+        row_neg = (head * NB + blocks) * (C + 1)
+        row_pos = ((H + head) * NB + blocks) * (C + 1)
+        carry += tl.sum(tl.load(part_ptr + row_neg[:, None] + cols[None, :],
+                                mask=before[:, None] & cmask[None, :], other=0.0), axis=0)
+        rest += tl.sum(tl.load(part_ptr + row_pos[:, None] + cols[None, :],
+                               mask=after[:, None] & cmask[None, :], other=0.0), axis=0)
+        carry_u += tl.sum(tl.load(part_ptr + row_neg + C, mask=before, other=0.0), axis=0)
+        rest_u += tl.sum(tl.load(part_ptr + row_pos + C, mask=after, other=0.0), axis=0)
     for r0 in range(b * ROWS, b * ROWS + ROWS, SUB):
         rows = r0 + tl.arange(0, SUB)
         rmask = rows < N
@@ -191,10 +197,20 @@ def _scan(
 
 
 @triton.jit
-def _split_parts(pu_ptr, su_ptr, split_ptr, head, q, qmask, N):
-    """Each query's split k (keys <= query) and the scalar sums below (prefix k - 1) and
-    above (suffix k) it."""
-    k = tl.load(split_ptr + head * N + q, mask=qmask, other=0)
+def _split_parts(pu_ptr, su_ptr, key_ptr, order_ptr, bound, head, qmask, N, H, STEPS,
+                 BLOCK_Q: tl.constexpr):  # fmt: skip
+    """Each query's split k, the number of sorted keys <= bound (a binary search: STEPS =
+    bit length of N), and the scalar sums below (prefix k - 1) and above (suffix k) it."""
+    k = tl.zeros([BLOCK_Q], tl.int64)
+    hi = k + N
+    for _ in range(STEPS):
+        active = qmask & (k < hi)
+        mid = (k + hi) // 2
+        idx = tl.load(order_ptr + head * N + mid, mask=active, other=0)
+        key = tl.load(key_ptr + idx * H + head, mask=active, other=0.0).to(tl.float32)
+        right = active & (key <= bound)
+        k = tl.where(right, mid + 1, k)
+        hi = tl.where(active & ~right, mid, hi)
     has_below = qmask & (k > 0)
     has_above = qmask & (k < N)
     below = tl.load(pu_ptr + head * N + k - 1, mask=has_below, other=0.0)
@@ -204,25 +220,26 @@ def _split_parts(pu_ptr, su_ptr, split_ptr, head, q, qmask, N):
 
 @triton.jit
 def _row_scaling(s_ptr, q, qmask, head, top, slope, H):
-    """a_i = s_i + top, f_i = exp(slope a_i - m_i): the negative side's per-target factor."""
+    """s_i, a_i = s_i + top and f_i = exp(slope a_i - m_i), the negative side's per-target
+    factor."""
     s = tl.load(s_ptr + q * H + head, mask=qmask, other=0.0).to(tl.float32)
     a = s + top
-    return a, tl.exp(slope * a - _leaky(a, slope))
+    return s, a, tl.exp(slope * a - _leaky(a, slope))
 
 
 @triton.jit
 def _forward_out(
-    h_ptr, s_ptr, t_ptr, order_ptr, split_ptr, p_ptr, s_sum_ptr, pu_ptr, su_ptr, out_ptr,
-    N, H, C, slope, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
+    h_ptr, s_ptr, t_ptr, order_ptr, p_ptr, s_sum_ptr, pu_ptr, su_ptr, out_ptr,
+    N, H, C, slope, STEPS, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """out_i = (S_i + f_i P_i) / Z_i + h_i / Z_i (eq. 5, and eq. 6's max_k alpha_ik = 1/Z_i)."""
     head = tl.program_id(1)
     q = (tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     qmask = q < N
     top = _top(t_ptr, order_ptr, head, N, H)
-    a, f = _row_scaling(s_ptr, q, qmask, head, top, slope, H)
-    k, has_below, has_above, below_u, above_u = _split_parts(pu_ptr, su_ptr, split_ptr, head,
-                                                             q, qmask, N)  # fmt: skip
+    s, a, f = _row_scaling(s_ptr, q, qmask, head, top, slope, H)
+    k, has_below, has_above, below_u, above_u = _split_parts(
+        pu_ptr, su_ptr, t_ptr, order_ptr, -s, head, qmask, N, H, STEPS, BLOCK_Q)
     inv_z = 1.0 / tl.where(qmask, above_u + f * below_u, 1.0)  # eq. 5's normaliser, >= 1
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
@@ -238,9 +255,9 @@ def _forward_out(
 
 @triton.jit
 def _backward_rows(
-    g_ptr, h_ptr, s_ptr, t_ptr, order_ptr, split_ptr, p_ptr, s_sum_ptr, pu_ptr, su_ptr,
+    g_ptr, h_ptr, s_ptr, t_ptr, order_ptr, p_ptr, s_sum_ptr, pu_ptr, su_ptr,
     z_ptr, gs_ptr, c_ptr, stats_ptr,
-    N, H, C, slope, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
+    N, H, C, slope, STEPS, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Per target i: Z_i, dL/ds_i, c_i = sum_k alpha_ik gamma_ik (the softmax backward's row
     term), eq. 6's share g_i.h_i LeakyReLU'(a_i) / Z_i, and whether t_i is the maximum."""
@@ -248,9 +265,9 @@ def _backward_rows(
     q = (tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     qmask = q < N
     top = _top(t_ptr, order_ptr, head, N, H)
-    a, f = _row_scaling(s_ptr, q, qmask, head, top, slope, H)
-    k, has_below, has_above, below_u, above_u = _split_parts(pu_ptr, su_ptr, split_ptr, head,
-                                                             q, qmask, N)  # fmt: skip
+    s, a, f = _row_scaling(s_ptr, q, qmask, head, top, slope, H)
+    k, has_below, has_above, below_u, above_u = _split_parts(
+        pu_ptr, su_ptr, t_ptr, order_ptr, -s, head, qmask, N, H, STEPS, BLOCK_Q)
     z = tl.where(qmask, above_u + f * below_u, 1.0)
     g_above = tl.zeros([BLOCK_Q], tl.float32)
     g_below = tl.zeros([BLOCK_Q], tl.float32)
@@ -288,9 +305,9 @@ def _backward_rows(
 
 @triton.jit
 def _backward_grads(
-    g_ptr, h_ptr, t_ptr, order_ptr, split_ptr, p_ptr, s_sum_ptr, pu_ptr, su_ptr, z_ptr,
-    tie_ptr, gh_ptr, gt_ptr,
-    N, H, C, slope, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
+    g_ptr, h_ptr, s_ptr, t_ptr, order_ptr, order_s_ptr, p_ptr, s_sum_ptr, pu_ptr, su_ptr,
+    z_ptr, tie_ptr, gh_ptr, gt_ptr,
+    N, H, C, slope, STEPS, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Per source j (queries -t_j over targets sorted by s): dL/dh_j and dL/dt_j."""
     head = tl.program_id(1)
@@ -300,8 +317,9 @@ def _backward_grads(
     t = tl.load(t_ptr + q * H + head, mask=qmask, other=0.0).to(tl.float32)
     b_pos = tl.exp(t - top)  # the per-source factors of the targets' weights
     b_neg = tl.exp(slope * (t - top))
-    k, has_below, has_above, below_c, above_c = _split_parts(pu_ptr, su_ptr, split_ptr, head,
-                                                             q, qmask, N)  # fmt: skip
+    # The targets i with s_i <= -t_j are those whose weights are on the negative side.
+    k, has_below, has_above, below_c, above_c = _split_parts(
+        pu_ptr, su_ptr, s_ptr, order_s_ptr, -t, head, qmask, N, H, STEPS, BLOCK_Q)
     share = tl.load(tie_ptr + head) / tl.load(tie_ptr + H + head)  # split evenly between ties
     gt = -(b_pos * above_c + slope * b_neg * below_c) + tl.where(t == top, share, 0.0)
     inv_z = 1.0 / tl.load(z_ptr + q * H + head, mask=qmask, other=1.0)
@@ -331,14 +349,14 @@ def _blocks(n: int, c: int) -> dict:
     as few programs as the small test graphs allow."""
     if interpreting():
         rows = min(1024, triton.next_power_of_2(max(n, 16)))
-        return dict(ROWS=rows, SUB=rows, BLOCK_C=min(128, triton.next_power_of_2(max(c, 16))),
-                    BLOCK_Q=rows, BLOCK_QC=min(128, triton.next_power_of_2(max(c, 16))))
-    return dict(ROWS=1024, SUB=64, BLOCK_C=32, BLOCK_Q=32, BLOCK_QC=64)
+        cols = min(128, triton.next_power_of_2(max(c, 16)))
+        return dict(ROWS=rows, SUB=rows, BLOCK_C=cols, BLOCK_B=16, BLOCK_Q=rows, BLOCK_QC=cols)
+    return dict(ROWS=1024, SUB=64, BLOCK_C=32, BLOCK_B=64, BLOCK_Q=32, BLOCK_QC=64)
 
 
 def _sorted_sums(key, t, order, top_order, z, v, u, slope, out=None):
     """The two float32 [H, N, C] buffers (prefix of the negative side, suffix of the positive
-    side, in sorted key order) and their scalar counterparts [H, N] for the values u (or 1).
+    side, in sorted key order) and their scalar counterparts [2, H, N] for the values u (or 1).
 
     ``key``/``t`` [N, H]: the keys (t forward, s backward) and the sources' scores (for max t);
     ``order`` [H, N] the keys' sort, ``top_order`` t's; ``z`` [N, H] the targets' normalisers
@@ -355,47 +373,43 @@ def _sorted_sums(key, t, order, top_order, z, v, u, slope, out=None):
     grid = (nb, heads, triton.cdiv(c, bs["BLOCK_C"]))
     _block_sums[grid](key, t, order, top_order, z_arg, v, u_arg, part, n, heads, c, nb, slope,
                       **meta)  # fmt: skip
-    csum = part.cumsum(2)  # the blocks' offsets, float64, N / ROWS rows
     if out is None:
         out = (v.new_empty(heads, n, c, dtype=torch.float32),
                v.new_empty(heads, n, c, dtype=torch.float32),
                v.new_empty(2, heads, n, dtype=torch.float32))
     p, s, pu_su = out
-    _scan[grid](key, t, order, top_order, z_arg, v, u_arg, part, csum, p, s, pu_su[0], pu_su[1],
-                n, heads, c, nb, slope, **meta)  # fmt: skip
+    _scan[grid](key, t, order, top_order, z_arg, v, u_arg, part, p, s, pu_su[0], pu_su[1],
+                n, heads, c, nb, slope, BLOCK_B=bs["BLOCK_B"], **meta)  # fmt: skip
     return out
 
 
-def _split_points(keys: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
-    """(order, split): keys [N, H] sorted per head, and per query [N, H] the number of keys
-    <= -query, both [H, N]."""
-    order = keys.t().contiguous().sort(dim=-1)  # (a copy only for several heads)
-    neg = torch.neg(queries.t(), out=torch.empty_like(order.values))  # contiguous [H, N]
-    return order.indices, torch.searchsorted(order.values, neg, right=True)
+def _sort(keys: Tensor) -> Tensor:
+    """The keys [N, H] sorted per head: indices [H, N]."""
+    return keys.t().contiguous().sort(dim=-1).indices  # (a copy only for several heads)
 
 
-def _grid_rows(n: int, heads: int, bs: dict) -> tuple[int, int]:
-    return (triton.cdiv(n, bs["BLOCK_Q"]), heads)
+def _launch_rows(kernel, n: int, c: int, heads: int, *args):
+    """A gather kernel over blocks of queries, per head."""
+    bs = _blocks(n, c)
+    kernel[(triton.cdiv(n, bs["BLOCK_Q"]), heads)](
+        *args[:-1], n, heads, c, args[-1], n.bit_length(), BLOCK_Q=bs["BLOCK_Q"],
+        BLOCK_C=bs["BLOCK_QC"],
+    )  # fmt: skip
 
 
 def _forward(h: Tensor, s: Tensor, t: Tensor, slope: float):
     n, heads, c = h.shape
-    order_t, split_t = _split_points(t, s)
+    order_t = _sort(t)
     p, ssum, pu_su = _sorted_sums(t, t, order_t, order_t, None, h, None, slope)
     out = torch.empty(h.shape, dtype=torch.promote_types(h.dtype, torch.float32),
                       device=h.device)  # fmt: skip
-    bs = _blocks(n, c)
-    _forward_out[_grid_rows(n, heads, bs)](
-        h, s, t, order_t, split_t, p, ssum, pu_su[0], pu_su[1], out, n, heads, c, slope,
-        BLOCK_Q=bs["BLOCK_Q"], BLOCK_C=bs["BLOCK_QC"],
-    )  # fmt: skip
-    return out, order_t, split_t
+    _launch_rows(_forward_out, n, c, heads,
+                 h, s, t, order_t, p, ssum, pu_su[0], pu_su[1], out, slope)  # fmt: skip
+    return out, order_t
 
 
-def _backward(grad, h, s, t, order_t, split_t, slope: float):
+def _backward(grad, h, s, t, order_t, slope: float):
     n, heads, c = h.shape
-    bs = _blocks(n, c)
-    grid = _grid_rows(n, heads, bs)
     # The forward's sums again (not saved), then the row terms of the softmax backward.
     buffers = _sorted_sums(t, t, order_t, order_t, None, h, None, slope)
     p, ssum, pu_su = buffers
@@ -403,18 +417,16 @@ def _backward(grad, h, s, t, order_t, split_t, slope: float):
     grad_s = torch.empty_like(s)
     row_c = torch.empty_like(s, dtype=torch.float32)
     stats = s.new_empty(2, n, heads, dtype=torch.float32)  # eq. 6's shares, is-top flags
-    _backward_rows[grid](grad, h, s, t, order_t, split_t, p, ssum, pu_su[0], pu_su[1], z, grad_s,
-                         row_c, stats, n, heads, c, slope, BLOCK_Q=bs["BLOCK_Q"],
-                         BLOCK_C=bs["BLOCK_QC"])  # fmt: skip
+    _launch_rows(_backward_rows, n, c, heads, grad, h, s, t, order_t, p, ssum, pu_su[0],
+                 pu_su[1], z, grad_s, row_c, stats, slope)  # fmt: skip
     tie = stats.sum(1)  # [2, H]: the summed share of eq. 6's maximum, the number of tied tops
     # From targets to sources: targets sorted by s, per-target weights, values grad and c.
-    order_s, split_s = _split_points(s, t)
+    order_s = _sort(s)
     p, ssum, pu_su = _sorted_sums(s, t, order_s, order_t, z, grad, row_c, slope, out=buffers)
     grad_h = torch.empty_like(h)
     grad_t = torch.empty_like(t)
-    _backward_grads[grid](grad, h, t, order_t, split_s, p, ssum, pu_su[0], pu_su[1], z, tie,
-                          grad_h, grad_t, n, heads, c, slope, BLOCK_Q=bs["BLOCK_Q"],
-                          BLOCK_C=bs["BLOCK_QC"])  # fmt: skip
+    _launch_rows(_backward_grads, n, c, heads, grad, h, s, t, order_t, order_s, p, ssum,
+                 pu_su[0], pu_su[1], z, tie, grad_h, grad_t, slope)  # fmt: skip
     return grad_h, grad_s, grad_t
 
 
@@ -424,7 +436,7 @@ def _backward(grad, h, s, t, order_t, split_t, slope: float):
 @torch.library.custom_op("agcn::complete_attention", mutates_args=())
 def _complete_attention_op(
     h: Tensor, s: Tensor, t: Tensor, negative_slope: float
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _forward(h, s, t, negative_slope)
 
 
@@ -432,33 +444,34 @@ def _complete_attention_op(
 def _(h, s, t, negative_slope):
     n, heads, _ = h.shape
     out = h.new_empty(h.shape, dtype=torch.promote_types(h.dtype, torch.float32))
-    return out, s.new_empty(heads, n, dtype=torch.long), s.new_empty(heads, n, dtype=torch.long)
+    return out, s.new_empty(heads, n, dtype=torch.long)
 
 
 @torch.library.custom_op("agcn::complete_attention_backward", mutates_args=())
 def _complete_attention_backward_op(
-    grad: Tensor, h: Tensor, s: Tensor, t: Tensor, order_t: Tensor, split_t: Tensor,
-    negative_slope: float,
+    grad: Tensor, h: Tensor, s: Tensor, t: Tensor, order_t: Tensor, negative_slope: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    return _backward(grad, h, s, t, order_t, split_t, negative_slope)
+    return _backward(grad, h, s, t, order_t, negative_slope)
 
 
 @_complete_attention_backward_op.register_fake
-def _(grad, h, s, t, order_t, split_t, negative_slope):
+def _(grad, h, s, t, order_t, negative_slope):
     return torch.empty_like(h), torch.empty_like(s), torch.empty_like(t)
 
 
 def _setup_context(ctx, inputs, output):
     h, s, t, slope = inputs
-    _, order_t, split_t = output
-    ctx.save_for_backward(h, s, t, order_t, split_t)
+    ctx.save_for_backward(h, s, t, output[1])
     ctx.slope = slope
+    ctx.set_materialize_grads(False)  # no zero gradient made for the index output
 
 
-def _autograd_backward(ctx, grad_out, _grad_order, _grad_split):
-    h, s, t, order_t, split_t = ctx.saved_tensors
+def _autograd_backward(ctx, grad_out, _grad_order):
+    h, s, t, order_t = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None
     grads = torch.ops.agcn.complete_attention_backward(
-        grad_out.contiguous(), h, s, t, order_t, split_t, ctx.slope
+        grad_out.contiguous(), h, s, t, order_t, ctx.slope
     )
     return *grads, None
 
@@ -496,7 +509,7 @@ def complete_attention(h: Tensor, s_dst: Tensor, s_src: Tensor, negative_slope: 
         raise ValueError(f"'negative_slope' must be in (0, 1] (got {negative_slope})")
     if n == 0:
         return h.to(torch.promote_types(h.dtype, torch.float32)) * 0.0
-    out, _, _ = torch.ops.agcn.complete_attention(
+    out, _ = torch.ops.agcn.complete_attention(
         h.contiguous(), s_dst.contiguous(), s_src.contiguous(), float(negative_slope)
     )
     return out

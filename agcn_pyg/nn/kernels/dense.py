@@ -156,11 +156,12 @@ def _dense_backward(
 
 
 def _blocks(n: int) -> dict:
-    """Tiles: 32 x 64 on a GPU; under the interpreter one tile a graph of the tests' size."""
+    """Tiles: 32 x 64 on a GPU, one row block for N <= 128 (the backward then writes dL/dt
+    without a sum over row blocks); under the interpreter one tile a graph of the tests' size."""
+    size = min(128, max(16, triton.next_power_of_2(n)))
     if interpreting():
-        size = min(128, max(16, triton.next_power_of_2(n)))
         return dict(BLOCK_M=size, BLOCK_N=size, BLOCK_D=32)
-    return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_D=32)
+    return dict(BLOCK_M=size if n <= 128 else 32, BLOCK_N=64, BLOCK_D=32)
 
 
 @torch.library.custom_op("agcn::dense_coefficients", mutates_args=())
@@ -199,7 +200,8 @@ def _dense_backward_op(
         grad, s, t, z, grad_s, grad_t_parts, n, heads, negative_slope,
         BLOCK_M=bs["BLOCK_M"], BLOCK_N=bs["BLOCK_N"],
     )  # fmt: skip
-    return grad_s, grad_t_parts.sum(0).to(t.dtype)
+    grad_t = grad_t_parts[0] if blocks == 1 else grad_t_parts.sum(0)
+    return grad_s, grad_t.to(t.dtype)
 
 
 @_dense_backward_op.register_fake
@@ -212,10 +214,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(s, t, x_hat, output[1])
     ctx.slope = slope
     ctx.adj_dtype = adj.dtype
+    ctx.set_materialize_grads(False)  # no zero gradient made for Z
 
 
 def _backward(ctx, grad, _grad_z):
     s, t, x_hat, z = ctx.saved_tensors
+    if grad is None:
+        return None, None, None, None, None, None
     grad = grad.contiguous()
     grad_s, grad_t = torch.ops.agcn.dense_coefficients_backward(grad, s, t, z, ctx.slope)
     needs_adj, needs_x = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
