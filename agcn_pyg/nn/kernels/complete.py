@@ -103,7 +103,7 @@ def _block_sums(
     u_neg = tl.zeros([SUB], tl.float64)
     u_pos = tl.zeros([SUB], tl.float64)
     for r0 in range(b * ROWS, b * ROWS + ROWS, SUB):
-        rows = r0 + tl.arange(0, SUB)
+        rows = (r0 + tl.arange(0, SUB)).to(tl.int64)  # (H N C may pass 2^31)
         rmask = rows < N
         idx = tl.load(order_ptr + head * N + rows, mask=rmask, other=0)
         w_pos, w_neg = _weights(key_ptr, z_ptr, idx, rmask, head, top, slope, H, TARGET_KEYS)
@@ -164,7 +164,7 @@ def _scan(
         carry_u += tl.sum(tl.load(part_ptr + row_neg + C, mask=before, other=0.0), axis=0)
         rest_u += tl.sum(tl.load(part_ptr + row_pos + C, mask=after, other=0.0), axis=0)
     for r0 in range(b * ROWS, b * ROWS + ROWS, SUB):
-        rows = r0 + tl.arange(0, SUB)
+        rows = (r0 + tl.arange(0, SUB)).to(tl.int64)  # (H N C may pass 2^31)
         rmask = rows < N
         idx = tl.load(order_ptr + head * N + rows, mask=rmask, other=0)
         w_pos, w_neg = _weights(key_ptr, z_ptr, idx, rmask, head, top, slope, H, TARGET_KEYS)
@@ -185,15 +185,13 @@ def _scan(
             un, up = w_neg * u, w_pos * u
         else:
             un, up = w_neg, w_pos
-        un2, up2 = un[:, None], up[:, None]  # [SUB, 1]: the scans over 2-D tiles
-        prefix_u = tl.cumsum(un2, axis=0) + carry_u[None, :]
-        suffix_u = tl.cumsum(up2, axis=0, reverse=True) + (rest_u - tl.sum(up2, axis=0))[None, :]
-        uout = (head * N + rows)[:, None] + tl.arange(0, 1)[None, :]
-        umask = rmask[:, None] & (cb == 0)
-        tl.store(pu_ptr + uout, prefix_u.to(tl.float32), mask=umask)
-        tl.store(su_ptr + uout, suffix_u.to(tl.float32), mask=umask)
-        carry_u += tl.sum(un2, axis=0)
-        rest_u -= tl.sum(up2, axis=0)
+        prefix_u = tl.cumsum(un, axis=0) + carry_u  # ([SUB] + [1])
+        suffix_u = tl.cumsum(up, axis=0, reverse=True) + (rest_u - tl.sum(up, axis=0))
+        umask = rmask & (cb == 0)
+        tl.store(pu_ptr + head * N + rows, prefix_u.to(tl.float32), mask=umask)
+        tl.store(su_ptr + head * N + rows, suffix_u.to(tl.float32), mask=umask)
+        carry_u += tl.sum(un, axis=0)
+        rest_u -= tl.sum(up, axis=0)
 
 
 @triton.jit

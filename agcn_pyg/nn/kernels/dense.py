@@ -79,13 +79,13 @@ def _dense_forward(
     head = tl.program_id(1)
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rmask = rows < N
-    top, _ = _top_and_ties(t_ptr, head, N, H, BLOCK_N)
+    top, _ties = _top_and_ties(t_ptr, head, N, H, BLOCK_N)
     s = tl.load(s_ptr + rows * H + head, mask=rmask, other=0.0).to(tl.float32)
     m = _leaky(s + top, slope)  # the row maximum of e_ij (eq. 4)
     z = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, N, BLOCK_N):  # eq. 5's normaliser
         cols = c0 + tl.arange(0, BLOCK_N)
-        w, _, _ = _weights_tile(s, m, t_ptr, cols, cols < N, head, H, slope)
+        w, _slopes, _t = _weights_tile(s, m, t_ptr, cols, cols < N, head, H, slope)
         z += tl.sum(w, axis=1)
     z = tl.where(rmask, z, 1.0)
     inv_z = 1.0 / z
@@ -93,7 +93,7 @@ def _dense_forward(
         cols = (c0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         cmask = cols < N
         mask = rmask[:, None] & cmask[None, :]
-        w, _, _ = _weights_tile(s, m, t_ptr, cols, cmask, head, H, slope)
+        w, _slopes, _t = _weights_tile(s, m, t_ptr, cols, cmask, head, H, slope)
         diagonal = rows[:, None] == cols[None, :]
         coef = (w + diagonal.to(tl.float32)) * inv_z[:, None]  # alpha (eq. 5) + eq. 6
         coef += tl.load(adj_ptr + rows[:, None] * stride_a0 + cols[None, :] * stride_a1,
@@ -128,14 +128,14 @@ def _dense_backward(
     s = tl.load(s_ptr + rows * H + head, mask=rmask, other=0.0).to(tl.float32)
     m = _leaky(s + top, slope)
     inv_z = 1.0 / tl.load(z_ptr + rows * H + head, mask=rmask, other=1.0)
-    g_base = g_ptr + head * N * N
+    g_base = g_ptr + head.to(tl.int64) * N * N
     # dL/d max_k alpha_ik = G_ii, shared by the tied maxima.
     g_top = tl.load(g_base + rows * N + rows, mask=rmask, other=0.0).to(tl.float32) / ties
     row_term = tl.zeros([BLOCK_M], tl.float32)  # sum_k alpha_ik gamma_ik
     for c0 in range(0, N, BLOCK_N):
         cols = (c0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         cmask = cols < N
-        w, _, t = _weights_tile(s, m, t_ptr, cols, cmask, head, H, slope)
+        w, _slopes, t = _weights_tile(s, m, t_ptr, cols, cmask, head, H, slope)
         g = tl.load(g_base + rows[:, None] * N + cols[None, :],
                     mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         gamma = g + tl.where((t == top)[None, :], g_top[:, None], 0.0)
