@@ -601,8 +601,8 @@ class AdaptiveGCNConv(MessagePassing):
         )
 
     def _fused_coefficients(self, adj: Tensor, x: Tensor, return_attention_weights):
-        """(A + B [+ C], whether C is in it) by one kernel; C is left out where it is cached
-        or cheaper applied factored (see _add_dense_similarity)."""
+        """(A + B [+ C] of eq. 3-7, whether C is still to add) by one kernel; C is left out
+        where it is cached or cheaper applied factored (see _add_dense_similarity)."""
         from agcn_pyg.nn.kernels.dense import dense_coefficients
 
         n = x.size(0)
