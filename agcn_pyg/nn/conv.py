@@ -29,7 +29,7 @@ from agcn_pyg.nn.complete import (
     CompleteGraphParts,
     SparseAdjacency,
     adjacency_matmul,
-    complete_attention,
+    complete_attention_heads,
     unit_rows,
 )
 from agcn_pyg.nn.conv_checks import (
@@ -699,17 +699,26 @@ class AdaptiveGCNConv(MessagePassing):
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
         shared = adj.to(x_src.dtype)  # A, then A + C: one matrix for every head
-        factored = None
-        if self.similarity:
-            shared, factored = self._add_dense_similarity(shared, x_src, x_dst,
-                                                          return_attention_weights)
         attention, attended = None, None
+        similarity = self.similarity
         if self.attention:
             if self._sorted_attention(x_src, adj, mask, bipartite, return_attention_weights):
                 # B h by sorting the scores: the same numbers without an [N, N] softmax.
                 attended = self._complete_attention(x_src, self._split_heads(h), None)
+            elif self._fused_dense(x_src, adj, mask, bipartite):  # A + B_h (+ C): one kernel
+                attention, similarity = self._fused_coefficients(shared, x_src,
+                                                                 return_attention_weights)
+                shared = None  # A is inside the kernel's [H, N, N] coefficients
             else:
                 attention = self._dense_attention(x_src, x_dst, mask, bipartite)
+        factored = None
+        if similarity:  # C joins the shared matrix, or the fused per-head ones
+            if shared is None:
+                attention, factored = self._add_dense_similarity(attention, x_src, x_dst,
+                                                                 return_attention_weights)
+            else:
+                shared, factored = self._add_dense_similarity(shared, x_src, x_dst,
+                                                              return_attention_weights)
         out, coef = self._dense_aggregate(shared, attention, h)
         if attended is not None:
             out = out + attended
@@ -723,12 +732,15 @@ class AdaptiveGCNConv(MessagePassing):
             return out, self._public_matrix(_mask_pairs(coef, mask, per_head), per_head)
         return out
 
-    def _dense_aggregate(self, shared: Tensor, attention: OptTensor, h: Tensor):
+    def _dense_aggregate(self, shared: OptTensor, attention: OptTensor, h: Tensor):
         """Eq. 3 per head, (A + B_h + C) W_h X: [..., N, H, C], and the coefficient matrices
         (shared [..., N, N] without attention, else [..., H, N, N])."""
         if attention is None:  # one matrix for all heads: one product over H * C columns
             return self._split_heads(shared @ h), shared
-        coef = shared.unsqueeze(-3) + attention  # [..., H, N_dst, N_src]
+        # [..., H, N_dst, N_src]; shared is None when the kernel's coefficients hold A already
+        coef = attention if shared is None else shared.unsqueeze(-3) + attention
+        if self.heads == 1:  # one matrix product, no batched one
+            return (coef.squeeze(-3) @ h).unsqueeze(-2), coef
         out = coef @ self._split_heads(h).movedim(-2, -3)  # [..., H, N_dst, C]
         return out.movedim(-3, -2), coef
 
@@ -754,6 +766,40 @@ class AdaptiveGCNConv(MessagePassing):
             and n > self.sorted_min_ratio * self.out_channels
             and 0.0 < self.negative_slope <= 1.0
         )
+
+    def _fused_dense(self, x, adj, mask, bipartite) -> bool:
+        """Whether A + B_h (+ C) of a dense adjacency come from the Triton kernel of
+        :mod:`agcn_pyg.nn.kernels.dense` (see :func:`~agcn_pyg.nn.kernels.use_triton`): one
+        [N, N] graph and [N, F] features, every head at once ([H, N, N]). A batch
+        ([B, N, N], or x [B, N, F] on a shared adj), a node mask, bipartite input, attention
+        dropout in training, negative_slope <= 0 and float64 keep the PyTorch path."""
+        return (
+            adj.dim() == 2
+            and x.dim() == 2
+            and mask is None
+            and not bipartite
+            and not (self.dropout > 0.0 and self.training)
+            and self.negative_slope > 0.0
+            and x.dtype != torch.float64  # float64 stays on the reference path
+            and use_triton(x)
+        )
+
+    def _fused_coefficients(self, adj: Tensor, x: Tensor, return_attention_weights):
+        """(A + B_h [+ C] of eq. 3-7 per head, [H, N, N]; whether C is still to add) by one
+        kernel; C is left out where it is cached or cheaper applied factored (the rule of
+        _add_dense_similarity, C being shared by the H * C output columns)."""
+        from agcn_pyg.nn.kernels.dense import dense_coefficients
+
+        n = x.size(0)
+        cached = self.cached and not x.requires_grad and not is_compiling()
+        width = self.heads * self.out_channels
+        with_c = self.similarity and not cached and (
+            return_attention_weights or n * n <= width * 2 * n
+        )
+        s_src, s_dst = self._attention_scores(x, x)  # [N, H]
+        x_hat = unit_rows(x) if with_c else None  # F.normalize with a leaner backward
+        coef = dense_coefficients(adj, s_dst, s_src, x_hat, self.negative_slope, x.dtype)
+        return coef, self.similarity and not with_c
 
     def _masked_dense_forward(
         self, x_src, x_dst, adj, mask, bipartite, return_attention_weights, add_loop=None
@@ -906,15 +952,12 @@ class AdaptiveGCNConv(MessagePassing):
 
     def _complete_attention(self, x: Tensor, h: Tensor, has_loop: OptTensor) -> Tensor:
         """B_h h_h over the complete graph by sorted scores, in at least float32: h [N, H, C]
-        -> [N, H, C], one sort per head."""
+        -> [N, H, C]; every head in one Triton call where the kernels apply, else one sort
+        per head (:func:`~agcn_pyg.nn.complete.complete_attention_heads`)."""
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(torch.promote_types(x.dtype, torch.float32))
             s_src, s_dst = self._attention_scores(x, x)  # [N, H]
-            return torch.stack([
-                complete_attention(h[:, k], s_dst[:, k], s_src[:, k], self.negative_slope,
-                                   has_loop)
-                for k in range(self.heads)
-            ], dim=1)  # fmt: skip
+            return complete_attention_heads(h, s_dst, s_src, self.negative_slope, has_loop)
 
     def _sparse_adjacency(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor):
         """A of the complete path with its self-loops, in CSR form; cached while the graph
@@ -1183,6 +1226,8 @@ def _score_vectors(att: Tensor, weight: Tensor) -> Tensor:
     """W_h^T a_h of every head, [H, F]: from att [1, H, C] and weight [H * C, F] (eq. 4's
     score needs only this vector, never the [N, H * C] product W x)."""
     heads, channels = att.shape[-2:]
+    if heads == 1:  # one matrix product, no batched one
+        return att.view(1, channels) @ weight
     return (att.view(heads, 1, channels) @ weight.view(heads, channels, -1)).squeeze(1)
 
 
