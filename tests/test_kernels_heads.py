@@ -12,11 +12,11 @@ import os
 
 import pytest
 import torch
+from test_heads import dense_pairs, edge_tensors, oracle, random_graph, with_loops
 
 from agcn_pyg import AdaptiveGCNConv
 from agcn_pyg.nn.kernels import complete as complete_kernels
 from agcn_pyg.nn.kernels import edge as edge_kernels
-from test_heads import dense_pairs, edge_tensors, oracle, random_graph, with_loops
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,14 +32,18 @@ def kernels(monkeypatch):
     from agcn_pyg.nn.kernels import dense as dense_kernels
 
     calls = {}
+
+    def counted(fn, name):
+        def call(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*args, **kwargs)
+
+        return call
+
     for module, name in ((edge_kernels, "edge_attention"),
                          (complete_kernels, "complete_attention"),
                          (dense_kernels, "dense_coefficients")):
-        def counted(*args, _fn=getattr(module, name), _name=name, **kwargs):
-            calls[_name] = calls.get(_name, 0) + 1
-            return _fn(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, counted)
+        monkeypatch.setattr(module, name, counted(getattr(module, name), name))
     return calls
 
 

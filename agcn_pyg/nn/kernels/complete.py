@@ -22,7 +22,8 @@ Float32 data, float64 accumulation: each stored sum is its float64 value rounded
 result is within a few float32 ulps of float64 whatever :math:`N` (the bar: 1e-5 at
 :math:`N = 10^6`); float64 lives only in registers and in the block sums. Nothing of size
 :obj:`[N, C]` is saved for the backward pass: it saves :math:`\mathbf{H}`, the scores and one
-:obj:`[H, N]` index vector (the sort of :math:`t`), and recomputes the forward's sums (as FlashAttention recomputes its coefficients).
+:obj:`[H, N]` index vector (the sort of :math:`t`), and recomputes the forward's sums (as
+FlashAttention recomputes its coefficients).
 
 Layout for several heads: :obj:`h [N, H, C]`, scores :obj:`[N, H]`, one sort per head. Every
 node has its self-loop here (eq. 6's term for every :math:`i`); graphs with nodes that lack it
