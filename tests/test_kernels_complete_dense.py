@@ -253,18 +253,20 @@ def count_kernels(monkeypatch, layer, x, *graph) -> list[str]:
     return counter.ops
 
 
-def test_complete_path_kernel_count(monkeypatch):
-    """<= 60 kernel ops, the same at N = 1000 and 8000 (no blocks that grow with N)."""
+@pytest.mark.parametrize("heads, sizes", [(1, (1000, 8000)), (3, (1000, 2000))])
+def test_complete_path_kernel_count(monkeypatch, heads, sizes):
+    """<= 60 kernel ops, the same at two sizes (no blocks that grow with N); three heads in
+    the same launches (smaller sizes: the interpreter runs a program per head)."""
     counts = {}
-    for n in (1000, 8000):
+    for n in sizes:
         gen = torch.Generator().manual_seed(n)
-        conv = AdaptiveGCNConv(16, 16, complete=True).to(DEVICE)
+        conv = AdaptiveGCNConv(16, 16, heads=heads, complete=True).to(DEVICE)
         x = torch.randn(n, 16, generator=gen).to(DEVICE)
         edge_index = torch.randint(0, n, (2, 16 * n), generator=gen).to(DEVICE)
         ops = count_kernels(monkeypatch, conv, x, edge_index)
         assert ops.count("triton") == 9, ops  # 3 forward, 6 backward
         counts[n] = len(ops)
-    assert counts[1000] == counts[8000] <= 60, counts
+    assert counts[sizes[0]] == counts[sizes[1]] <= 60, counts
 
 
 def test_dense_path_kernel_count(monkeypatch):

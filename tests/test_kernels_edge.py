@@ -305,9 +305,10 @@ def test_pattern_cached_per_tensor_and_version():
     assert csr == csc == listed
 
 
-def test_counts_below_gatconv_and_no_host_sync(interpreted, monkeypatch):
+@pytest.mark.parametrize("heads", [1, 3])
+def test_counts_below_gatconv_and_no_host_sync(interpreted, monkeypatch, heads):
     """One forward+backward on the second call on the same graph (2048 nodes, degree 16,
-    64 -> 64): kernel ops <= GATConv's, no host sync. The Triton kernels are counted as
+    64 -> 64 per head): kernel ops <= GATConv's with as many heads, no host sync. The Triton kernels are counted as
     launched but not run here (the interpreter would take minutes at this size; what they
     compute does not change what is launched)."""
     torch.manual_seed(0)
@@ -326,10 +327,10 @@ def test_counts_below_gatconv_and_no_host_sync(interpreted, monkeypatch):
         return ops
 
     monkeypatch.setenv("AGCN_KERNELS", "torch")
-    gat = count(GATConv(64, 64))
+    gat = count(GATConv(64, 64, heads=heads))
     monkeypatch.setenv("AGCN_KERNELS", "triton")
     monkeypatch.setattr(edge_kernels, "_compiled", lambda fn: NotRun())
-    ours = count(AdaptiveGCNConv(64, 64))
+    ours = count(AdaptiveGCNConv(64, 64, heads=heads))
     assert ours.kernel_ops["agcn::edge_attention"] == 1
     assert ours.kernel_ops["agcn::edge_attention_backward"] == 2
     assert ours.kernels <= gat.kernels, (ours.kernels, gat.kernels)
