@@ -130,3 +130,16 @@ def test_dense_batch_falls_back_to_pytorch(kernels):
                       dense_pairs(adj[b].cpu().double(), nodes))
         conv.to(DEVICE)
         assert (out[b, nodes].cpu().double() - want[nodes]).abs().max() <= TOL * want.abs().max()
+
+
+def test_fill_value_reduction_falls_back_to_pytorch(kernels, monkeypatch):
+    """fill_value='mean' (PyG's reduction of a node's incoming weights for its added loop) is
+    not the edge kernels' case: the PyTorch path, the same result as AGCN_KERNELS=torch."""
+    n = 5
+    index, weight = edge_tensors(random_graph(n))
+    conv = layer(True, fill_value="mean")
+    x, graph = features(n).to(DEVICE), (index.to(DEVICE), weight.float().to(DEVICE))
+    out = conv(x, *graph)
+    assert kernels == {}
+    monkeypatch.setenv("AGCN_KERNELS", "torch")
+    torch.testing.assert_close(out, conv(x, *graph), rtol=0, atol=0)

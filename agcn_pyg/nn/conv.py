@@ -587,10 +587,13 @@ class AdaptiveGCNConv(MessagePassing):
         the kernels never form), no float64 (the kernels accumulate in float32), and nobody
         watching the message passing (PyG's explain mode, message/propagate hooks such as
         :class:`~torch_geometric.explain.algorithm.AttentionExplainer`'s, which read the
-        per-edge alpha); otherwise the PyTorch path runs."""
+        per-edge alpha), and a number as fill_value (PyG's reductions such as 'mean' need
+        the incoming weights; the pattern stores one weight per added loop); otherwise the
+        PyTorch path runs."""
         return (
             isinstance(edge_index, Tensor) and not is_sparse(edge_index)
             and x.dtype != torch.float64
+            and isinstance(self.fill_value, (int, float))
             and not self.explain
             and not any(getattr(self, f"_{stage}_forward{kind}_hooks")
                         for stage in ("propagate", "message", "aggregate",
@@ -1228,7 +1231,8 @@ def _score_vectors(att: Tensor, weight: Tensor) -> Tensor:
     heads, channels = att.shape[-2:]
     if heads == 1:  # one matrix product, no batched one
         return att.view(1, channels) @ weight
-    return (att.view(heads, 1, channels) @ weight.view(heads, channels, -1)).squeeze(1)
+    # torch.bmm, not @: matmul would add a reshape (a kernel) around the batched product
+    return torch.bmm(att.view(heads, 1, channels), weight.view(heads, channels, -1)).squeeze(1)
 
 
 def _mask_from_third_argument(edge_weight: OptTensor, mask: OptTensor):
