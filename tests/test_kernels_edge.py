@@ -308,9 +308,9 @@ def test_pattern_cached_per_tensor_and_version():
 @pytest.mark.parametrize("heads", [1, 3])
 def test_counts_below_gatconv_and_no_host_sync(interpreted, monkeypatch, heads):
     """One forward+backward on the second call on the same graph (2048 nodes, degree 16,
-    64 -> 64 per head): kernel ops <= GATConv's with as many heads, no host sync. The Triton kernels are counted as
-    launched but not run here (the interpreter would take minutes at this size; what they
-    compute does not change what is launched)."""
+    64 -> 64 per head): kernel ops <= GATConv's with as many heads, no host sync. The Triton
+    kernels are counted as launched but not run here (the interpreter would take minutes at
+    this size; what they compute does not change what is launched)."""
     torch.manual_seed(0)
     n = 2048
     x = torch.randn(n, 64, requires_grad=True)
