@@ -1,6 +1,7 @@
-"""The whole GPU check in one command: CUDA tests, layer and model benchmarks, a short real
-training (AMP, channels_last, EMA, compiled head, torchrun + NCCL, resume, predict, export), and
-a PASS/MISS summary of the project's GPU targets.
+"""The whole GPU check in one command: the Triton kernels' checks first (issue 21), layer and
+model benchmarks on both backends, CUDA tests, a short real training (AMP, channels_last, EMA,
+the head as CUDA graphs, torchrun + NCCL, resume, predict, export), and a PASS/MISS summary of
+the project's GPU targets.
 
 GPU time comes in short slices, so every step runs under its own time limit inside one overall
 ``--budget-s``; the steps run most-important first, and whatever a step wrote before it was cut
@@ -63,6 +64,39 @@ class StepResult:
 # Steps ---------------------------------------------------------------------------------------
 
 
+def kernel_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """Issue 21's kernels first: their tests on CUDA tensors (``pytest -m triton``: against
+    float64 eq. 3-7, op counts, torch.compile), then each path's kernels against its PyTorch
+    path (fwd+bwd, fp32 and bf16) and training steps under sync-debug mode "error"
+    (``kernel_checks.py``). --quick: the checks alone, tiny, under Triton's interpreter (the
+    tests run in CI)."""
+    checks = [PY, "benchmarks/kernel_checks.py", "--device", a.device,
+              "--out", str(out / "kernels")]
+    if a.quick:
+        return [Step("kernel-checks", [*checks, "--quick"], 90, env={"TRITON_INTERPRET": "1"})]
+    junit = out / "tests" / "junit-kernels.xml"
+    tests = [PY, "-m", "pytest", "-q", "-m", "triton", "-p", "no:cacheprovider",
+             f"--junitxml={junit}", "tests"]
+    return [Step("kernel-tests", tests, 90), Step("kernel-checks", checks, 60)]
+
+
+def backend_steps(a: argparse.Namespace, out: Path) -> list[Step]:
+    """The same layers with AGCN_KERNELS=torch (the PyTorch path) next to the default run's
+    Triton kernels, and the dense path's two ways to B on the kernels (the [N, N] fused kernel
+    against the sorted one): the GPU crossover for ``sorted_min_nodes``."""
+    if a.quick:
+        return []
+    short = ["--repeats", "10", "--warmup", "3"]  # (the later flags win)
+    torch_run = [*_layers_base(a), *short, "--dtype", "fp32", "--no-compile", "--shapes",
+                 "hidden,sparse", "--out", str(out / "layers-fp32-torch")]
+    crossover = [*_layers_base(a), *short, "--dtype", "fp32", "--no-compile", "--shapes", "hidden",
+                 "--sizes", "2000,10000,20000", "--layers",
+                 "agcn_dense_softmax,agcn_dense_sorted,dense_gat",
+                 "--out", str(out / "layers-crossover")]
+    return [Step("layers-fp32-torch", torch_run, 90, env={"AGCN_KERNELS": "torch"}),
+            Step("layers-crossover", crossover, 90)]
+
+
 def test_steps(a: argparse.Namespace, out: Path) -> list[Step]:
     junit = out / "tests" / "junit.xml"
     return [Step("cuda-tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
@@ -70,9 +104,20 @@ def test_steps(a: argparse.Namespace, out: Path) -> list[Step]:
 
 
 def layer_steps(a: argparse.Namespace, out: Path) -> list[Step]:
-    """fp32, every layer and case: the README's table."""
-    return [Step("layers-fp32", [*_layers_base(a), "--dtype", "fp32", "--no-compile",
-                                 "--out", str(out / "layers-fp32")], a.limit("layers", 90, 120))]
+    """fp32, every layer and case: the README's table (on a GPU the Triton kernels: the default
+    backend on CUDA); then bf16 of the dense and edge cases (issue 21's bar)."""
+    fp32 = Step("layers-fp32", [*_layers_base(a), "--dtype", "fp32", "--no-compile",
+                                "--out", str(out / "layers-fp32")], a.limit("layers", 90, 120))
+    if a.quick:
+        return [fp32]
+    bf16 = Step("layers-bf16", [*_layers_base(a), "--dtype", "bf16", "--no-compile", "--shapes",
+                                "hidden,sparse", "--out", str(out / "layers-bf16")], 90)
+    # The complete path's bar: N = 10^4 against DenseGATConv, N = 10^6 time and memory.
+    scale_bar = Step("layers-scale-bar", [*_layers_base(a), "--dtype", "fp32", "--no-compile",
+                                          "--shapes", "scale", "--scale-sizes", "10000,1000000",
+                                          "--layers", "agcn_complete,dense_gat",
+                                          "--out", str(out / "layers-scale-bar")], 90)
+    return [fp32, bf16, scale_bar]
 
 
 def scale_steps(a: argparse.Namespace, out: Path) -> list[Step]:
@@ -101,7 +146,7 @@ def layer_extra_steps(a: argparse.Namespace, out: Path) -> list[Step]:
                                      "--shapes", "hidden", "--layers",
                                      "agcn_dense,agcn_dense_compile,dense_gat",
                                      "--out", str(out / "layers-compile")], 150)]
-    for dtype in ("bf16", "tf32"):
+    for dtype in ("tf32",):  # (bf16: in the layers part)
         steps.append(Step(f"layers-{dtype}", [*_layers_base(a), "--dtype", dtype, "--no-compile",
                                               "--out", str(out / f"layers-{dtype}")], 90))
     return steps
@@ -119,7 +164,9 @@ def model_steps(a: argparse.Namespace, out: Path) -> list[Step]:
         argv += ["--quick", "--repeats", "2", "--warmup", "1", "--head-repeats", "3",
                  "--no-memory"]
     else:
-        argv += ["--compile-head", "--repeats", "15", "--warmup", "5"]
+        # The compiled rows as coco_train.py trains by default on a GPU: CUDA graphs.
+        argv += ["--compile-head", "--compile-mode", "reduce-overhead", "--repeats", "15",
+                 "--warmup", "5"]
     return [Step("model", argv, a.limit("model", 120, 180))]
 
 
@@ -160,9 +207,10 @@ def train_steps(a: argparse.Namespace, out: Path) -> list[Step]:
         size = ["--demo-train", "1536", "--demo-val", "256", "--demo-labels", "20", "--model",
                 "tresnet_m", "--img-size", "224", "--batch-size", "64", "--workers", "8",
                 "--amp", "bf16", "--channels-last", "--log-interval", "8"]
-    # --quick leaves the compile out: on a CPU it costs half a minute and is tested elsewhere.
+    # On a GPU coco_train.py captures the head as CUDA graphs by default (one process); the
+    # CPU run leaves it eager (the default there too).
     single = [*train, *size, "--epochs", "2", "--ema-decay", "0.99",
-              *([] if a.quick else ["--compile-head"]), "--output", str(s / "single")]
+              "--output", str(s / "single")]
     torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                 "examples/coco_train.py", "--device", a.device, "--no-progress", "--seed", "0"]
     ddp = [*torchrun, *size, "--epochs", "1", "--sched-epochs", "2", "--ema-decay", "0.99",
@@ -324,7 +372,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # The order of a default run: what the README's tables need first, extras last.
-PARTS = {"tests": test_steps, "layers": layer_steps, "scale": scale_steps, "model": model_steps,
+PARTS = {"kernels": kernel_steps, "layers": layer_steps, "model": model_steps,
+         "backends": backend_steps, "scale": scale_steps, "tests": test_steps,
          "train": train_steps,
          "cudagraphs": cudagraph_steps, "profile": profile_steps,
          "layers-extra": layer_extra_steps}

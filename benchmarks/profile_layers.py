@@ -1,6 +1,7 @@
 """Where the time of one forward+backward goes: kernel count, kernel time and the top kernels of
 the dense ``AdaptiveGCNConv`` and ``DenseGATConv`` (``torch.profiler``), for the misses that
-``benchmarks/NOTES.md`` analyses.
+``benchmarks/NOTES.md`` analyses; plus the kernel ops and host syncs that
+:class:`agcn_pyg.nn.kernels.counting.OpCounter` counts (the same on every device).
 
     python benchmarks/profile_layers.py --device cuda --sizes 80,10000 --out results/X/profile
 """
@@ -17,6 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import int_list, markdown_table, start_results, str_list, write_csv  # noqa: E402
 from layers import LAYERS  # noqa: E402
+
+from agcn_pyg.nn.kernels.counting import OpCounter  # noqa: E402
 
 
 def profile_case(name: str, n: int, channels: tuple[int, int], device: torch.device,
@@ -38,6 +41,8 @@ def profile_case(name: str, n: int, channels: tuple[int, int], device: torch.dev
 
     for _ in range(3):
         step()
+    with OpCounter() as ops:  # the aten ops that launch a kernel, and the host syncs
+        step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                             else [])
     with profile(activities=activities) as prof:
@@ -53,7 +58,7 @@ def profile_case(name: str, n: int, channels: tuple[int, int], device: torch.dev
     summary = dict(layer=name, n=n, kernels=len(kernels),
                    kernel_ms=sum(e.device_time for e in kernels) / 1e3,
                    cpu_ops=sum(s.count for s in stats if s.key.startswith("aten::")),
-                   host_syncs=syncs)
+                   host_syncs=syncs, kernel_ops=ops.kernels, syncing_ops=ops.syncs)
     top = sorted(stats, key=lambda s: s.device_time_total, reverse=True)[:8]
     top_rows = [dict(layer=name, n=n, op=s.key[:70], calls=s.count,
                      device_ms=s.device_time_total / 1e3) for s in top]
@@ -83,11 +88,13 @@ def main(argv=None) -> None:
         summary.append(s)
         top += t
         print(f"{name:16s} N={n:<6d} kernels {s['kernels']:4d}  kernel time "
-              f"{s['kernel_ms']:8.3f} ms  aten ops {s['cpu_ops']:4d}  syncs {s['host_syncs']}",
+              f"{s['kernel_ms']:8.3f} ms  aten ops {s['cpu_ops']:4d}  syncs {s['host_syncs']}  "
+              f"(OpCounter: {s['kernel_ops']} kernel ops, {s['syncing_ops']} syncs)",
               flush=True)
     write_csv(summary, out / "profile.csv", list(summary[0]))
     write_csv(top, out / "top_kernels.csv", list(top[0]))
-    cols = ["layer", "n", "kernels", "kernel_ms", "cpu_ops", "host_syncs"]
+    cols = ["layer", "n", "kernels", "kernel_ms", "cpu_ops", "host_syncs", "kernel_ops",
+            "syncing_ops"]
     (out / "profile.md").write_text(
         f"# One forward+backward (torch.profiler): complete graphs {args.hidden[0]} -> "
         f"{args.hidden[1]}, sparse graphs {args.sparse_channels[0]} -> "

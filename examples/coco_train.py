@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="auto: bf16 on GPUs that have it, else fp16 + GradScaler; off on CPU")
     g("--channels-last", action=Bool, default=None, help="default: on CUDA")
     g("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA)")
-    g("--compile-head", action="store_true", help="torch.compile the graph layers")
+    g("--compile-head", action=Bool, default=None,
+      help="torch.compile the graph layers; default: as CUDA graphs on one GPU")
     g("--threshold", type=PROB, default=0.5, help="for CP/CR/CF1/OP/OR/OF1")
     g("--seed", type=NONNEG, default=0)
     g = p.add_argument_group("runtime").add_argument
@@ -292,6 +293,8 @@ def build_training(model, args, info, updates_per_epoch: int):
     parts = train.build_parts(model, recipe, updates_per_epoch, grad_scaler=scaler)
     if args.compile_head and args.head == "graph":  # after the EMA copy (no deep copy)
         model.head.compile_classifiers()
+    elif args.compile_head is None and not info.distributed:
+        model.head.capture_classifiers()  # CUDA graphs on a GPU, nothing on the CPU
     return parts
 
 

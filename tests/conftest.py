@@ -1,10 +1,17 @@
-"""Shared pytest set-up: tests marked ``cuda`` skip on machines without a GPU; tests marked
-``sparse`` fail instead of skipping where AGCN_REQUIRE_TORCH_SPARSE=1 (CI's sparse step)."""
+"""Shared pytest set-up: tests marked ``cuda`` skip on machines without a GPU, where Triton's
+interpreter is switched on for the tests marked ``triton``; tests marked ``sparse`` fail instead
+of skipping where AGCN_REQUIRE_TORCH_SPARSE=1 (CI's sparse step)."""
 
 import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton's interpreter runs the Triton kernels on CPU tensors (tests marked ``triton``). It
+    # must be on before Triton is imported (PyG imports it): Triton decorates its standard
+    # library then. Without a GPU nothing else runs Triton, so the whole session may have it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

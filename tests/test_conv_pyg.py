@@ -196,18 +196,50 @@ class TwoLayers(torch.nn.Module):
         return self.conv2(F.leaky_relu(self.conv1(x, edge_index), 0.2), edge_index)
 
 
+def target_scores_cancel(conv, x, edge_index) -> bool:
+    """Whether eq. 4's target half s_i drops out of every alpha_ij (so W_d and a_d get no
+    gradient): softmax_j LeakyReLU(s_i + t_j) moves with s_i only where row i has two edges
+    whose s_i + t_j lie on both sides of 0 (LeakyReLU is linear on each side, and a shift
+    of the whole row leaves a softmax unchanged). Float64, from the parameters; one head."""
+    x_src, x_dst = x if isinstance(x, tuple) else (x, x)
+    with torch.no_grad():
+        s = x_dst.double() @ conv.lin_dst.weight.double().t() @ conv.att_dst[0, 0].double()
+        t = x_src.double() @ conv.lin_src.weight.double().t() @ conv.att_src[0, 0].double()
+        e = s[edge_index[1]] + t[edge_index[0]]
+        return not any(bool((e[edge_index[1] == i] > 0).any() and (e[edge_index[1] == i] < 0)
+                            .any()) for i in range(x_dst.size(0)))
+
+
 def test_to_hetero_forward_backward():
     g = torch.Generator().manual_seed(3)
     data = hetero_data(g)
     torch.manual_seed(0)
     model = to_hetero(TwoLayers(), data.metadata(), aggr="sum")
+    inputs = {}  # each edge type's conv: its (x, edge_index), for the check below
+    hooks = [module.register_forward_pre_hook(lambda m, args, key=key: inputs.setdefault(key, args))
+             for key, module in model.named_modules() if isinstance(module, AdaptiveGCNConv)]
     out = model(data.x_dict, data.edge_index_dict)
+    for hook in hooks:
+        hook.remove()
     assert out["paper"].shape == (6, 8) and out["author"].shape == (4, 8)
     assert all(torch.isfinite(v).all() for v in out.values())
     (out["paper"].square().sum() + out["author"].square().sum()).backward()
+    scale = max(p.grad.abs().max() for p in model.parameters())
+    vanishing = 0
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+        key, param = name.split(".", 2)[:2], name.split(".", 2)[2]
+        conv = model.get_submodule(".".join(key))
+        if param not in ("att_dst", "lin_dst.weight"):
+            assert p.grad.abs().sum() > 0, name
+        elif target_scores_cancel(conv, *inputs[".".join(key)]):
+            # W_d and a_d enter only s_i, and eq. 5's softmax is blind to s_i there: the
+            # gradient is 0 (the kernels give 0.0, the PyTorch softmax backward ~1e-9 of scale).
+            assert p.grad.abs().max() <= 1e-5 * scale, name
+            vanishing += 1
+        else:
+            assert p.grad.abs().max() > 1e-5 * scale, name
+    assert 0 < vanishing < 2 * len(inputs)  # both cases met
 
     # Each edge type got its own lazily built copy: the authors' one reads 5 -> 3 features.
     conv = model.conv1["paper__rev_writes__author"]

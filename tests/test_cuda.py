@@ -58,3 +58,51 @@ def test_head_training_step_does_not_synchronise():
         head(x).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_captured_classifiers_train_like_eager():
+    # CUDA graphs (capture_classifiers, coco_train.py's default on one GPU) replay the
+    # classifiers' forward and backward: the same updates as the eager head, step after step.
+    import copy
+
+    from agcn_pyg import MultiLabelHead
+
+    torch.manual_seed(0)
+    head = MultiLabelHead(32, 12, torch.rand(12, 12), hidden_channels=(16,)).cuda()
+    eager = copy.deepcopy(head)
+    head.capture_classifiers()
+    assert head.classifiers != eager.classifiers  # compiled
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (head, eager)]
+    for _ in range(4):
+        features = torch.randn(8, 32, device="cuda")
+        for model, optimizer in zip((head, eager), optimizers, strict=True):
+            optimizer.zero_grad(set_to_none=True)
+            model(features).sigmoid().mean().backward()
+            optimizer.step()
+    for p, q in zip(head.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_kernel_paths_make_no_host_sync_on_a_repeated_call(monkeypatch):
+    # The complete and dense paths on the Triton kernels: a repeated call on the same graph
+    # neither reads a GPU value nor synchronises (issue 21).
+    from agcn_pyg import AdaptiveGCNConv
+
+    monkeypatch.setenv("AGCN_KERNELS", "triton")
+    n = 300
+    x = torch.randn(n, 32, device="cuda", requires_grad=True)
+    dense = AdaptiveGCNConv(32, 32).cuda()
+    adj = torch.rand(n, n, device="cuda")
+    complete = AdaptiveGCNConv(32, 32, complete=True).cuda()
+    complete.dense_max_ratio = 0.0
+    edge_index = torch.randint(0, n, (2, 8 * n), device="cuda")
+    for _ in range(2):
+        if _ == 1:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            (dense(x, adj).sum() + complete(x, edge_index).sum()).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)

@@ -53,13 +53,15 @@ def test_targets_from_csvs(tmp_path):
                     fwd_bwd_mem_mib="")
 
     _write(tmp_path / "layers-fp32" / "layers.csv", [
-        layer("agcn_dense", "complete", "hidden", 80, 1.2),   # 1.2 / 1.0 <= 1.25: PASS
+        layer("agcn_dense", "complete", "hidden", 80, 1.0),   # 1.0 / 1.0 <= 1.0: PASS
         layer("dense_gat", "complete", "hidden", 80, 1.0),
         layer("agcn_dense", "complete", "hidden", 500, 2.2),  # 1.1 > 1.0: MISS
         layer("dense_gat", "complete", "hidden", 500, 2.0),
         layer("agcn_dense", "complete", "hidden", 2000, ""),  # OOM: n/a, never PASS
         layer("dense_gat", "complete", "hidden", 2000, 5.0),
-        layer("agcn_edge", "sparse", "sparse", 10000, 2.6),   # 1.3: PASS (bar inclusive)
+        layer("agcn_edge", "sparse", "sparse", 10000, 2.0),   # 1.0: PASS (bar inclusive)
+        layer("agcn_edge", "sparse", "sparse", 100000, 2.1),  # 1.05 > 1.0: MISS
+        layer("gat", "sparse", "sparse", 100000, 2.0),
         layer("gat", "sparse", "sparse", 10000, 2.0),
     ])
     _write(tmp_path / "model" / "model.csv", [
@@ -77,6 +79,7 @@ def test_targets_from_csvs(tmp_path):
     assert got[("dense vs DenseGATConv", "layers-fp32, N=2000")] == "n/a"
     assert got[("dense vs DenseGATConv", "layers-fp32, N=10000")] == "n/a"
     assert got[("edge_index vs GATConv", "sparse N=10000")] == "PASS"
+    assert got[("edge_index vs GATConv", "sparse N=100000")] == "MISS"
     assert got[("head overhead", "model: 1 layer(s), m 448 b64 bf16")] == "MISS"
     assert got[("head overhead", "model: 1 layer(s) compiled, m 448 b64 bf16")] == "PASS"
     assert got[("complete path (sparse A) vs DenseGATConv",
@@ -109,8 +112,32 @@ def test_scale_targets_from_csv(tmp_path):
     _write(tmp_path / "layers-scale-graphs" / "layers.csv", [
         row("agcn_complete_compile", 10000, 3.0), row("dense_gat", 10000, 10.0),  # 0.3: MISS
     ])                                                   # no CUDA-graph row (cut off): n/a
-    got = {r["case"]: r["result"] for r in gpu_targets.scale_targets(tmp_path)}
-    assert got == {"layers-scale, agcn_complete, N=10000": "PASS",
-                   "layers-scale-graphs, agcn_complete_compile, N=10000": "MISS",
-                   "layers-scale-graphs, agcn_complete_cudagraph, N=10000": "n/a",
-                   "N=1000000": "MISS"}
+    got = {(r["target"], r["case"]): r["result"] for r in gpu_targets.scale_targets(tmp_path)}
+    speed, memory, time = ("complete path (sparse A) " + t for t in
+                           ("vs DenseGATConv", "peak memory", "time"))
+    assert got == {(speed, "layers-scale, agcn_complete, N=10000"): "PASS",
+                   (speed, "layers-scale-graphs, agcn_complete_compile, N=10000"): "MISS",
+                   (speed, "layers-scale-graphs, agcn_complete_cudagraph, N=10000"): "n/a",
+                   (memory, "N=1000000"): "MISS",
+                   (time, "N=1000000"): "PASS"}  # 50 ms <= 0.5 s
+
+
+def test_kernel_targets_from_csvs(tmp_path):
+    rows = [dict(check="triton vs torch", path="dense", dtype="fp32", n=500, quantity=q,
+                 value=v, bar="<= 0.0001", result="PASS" if float(v) <= 1e-4 else "FAIL")
+            for q, v in (("output", "1e-7"), ("grad x", "3e-4"))]
+    rows.append(dict(check="no host sync (sync_debug_mode error)", path="head", dtype="fp32",
+                     n="", quantity="step", value="no sync", bar="no sync", result="PASS"))
+    _write(tmp_path / "kernels" / "kernels.csv", rows)
+    layer = lambda name, n, ms: dict(layer=name, graph="complete", shape="hidden", n=n,  # noqa: E731
+                                     fwd_bwd_ms=ms, status="ok", fwd_bwd_mem_mib="")
+    _write(tmp_path / "layers-fp32" / "layers.csv", [layer("agcn_dense", 80, 0.5)])
+    _write(tmp_path / "layers-fp32-torch" / "layers.csv", [layer("agcn_dense", 80, 1.0)])
+    _write(tmp_path / "layers-crossover" / "layers.csv",
+           [layer("agcn_dense_softmax", 2000, 3.0), layer("agcn_dense_sorted", 2000, 2.0)])
+    got = {(r["target"].split(",")[0], r["case"]): (r["value"], r["result"])
+           for r in gpu_targets.kernel_targets(tmp_path)}
+    assert got[("kernels: triton vs torch", "dense fp32 N=500")] == ("3e-4", "FAIL")  # worst
+    assert got[("no host sync", "head")] == ("no sync", "PASS")
+    assert got[("Triton kernels / PyTorch path", "agcn_dense N=80")] == ("0.5x", "PASS")
+    assert got[("dense path: fused [N", "N=2000")] == ("1.5x", "info")

@@ -231,6 +231,17 @@ def test_compiled_classifiers_have_no_graph_breaks_and_match():
     torch.testing.assert_close(head.classifiers(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_capture_classifiers_does_nothing_on_the_cpu():
+    # coco_train.py calls it by default: on the CPU it must leave the head as it was.
+    head = MultiLabelHead(16, 6, label_graph(6), hidden_channels=(8,))
+    eager = head.classifiers
+    assert head.capture_classifiers() is head
+    assert head.classifiers == eager  # the bound method, not a compiled function
+    features = torch.randn(3, 16)
+    head(features).sum().backward()
+    assert head.convs[0].lin.weight.grad is not None
+
+
 def test_head_layers_are_adaptive_gcn_conv():
     head = MultiLabelHead(16, 3, label_graph(3), hidden_channels=(8, 8))
     assert all(isinstance(c, AdaptiveGCNConv) for c in head.convs) and len(head.convs) == 3

@@ -48,7 +48,10 @@ def test_gat_conv(residual):
 
     # Test `return_attention_weights`.
     result = conv(x1, edge_index, return_attention_weights=True)
-    assert torch.allclose(result[0], out)
+    # DIFFERENCE: atol as for the sparse inputs above: with the fused edge kernels (CUDA, or
+    # AGCN_KERNELS=triton) `out` came from them and this call from the PyTorch path that
+    # forms the per-edge coefficients; the two sum in different orders.
+    assert torch.allclose(result[0], out, atol=1e-6)
     assert result[1][0].size() == (2, 7)
     assert result[1][1].size() == (7, 2)
     # DIFFERENCE (eq. 3): the coefficient is a + b_h + c; its attention part B is in [0, 2].

@@ -242,6 +242,17 @@ class MultiLabelHead(nn.Module):
         self.classifiers = torch.compile(self.classifiers, **compile_kwargs)
         return self
 
+    def capture_classifiers(self) -> MultiLabelHead:
+        """On CUDA, :meth:`compile_classifiers` with ``mode="reduce-overhead"``: the
+        classifiers' forward and backward replayed as CUDA graphs, one launch each instead of
+        dozens (issue 21; the head's cost at N = 80 is launch overhead). Elsewhere nothing:
+        the CPU has no CUDA graphs, and compiling there costs more than it saves. Call it on
+        the model that trains, after copying it for EMA; ``examples/coco_train.py`` does by
+        default on one GPU."""
+        if self.convs[0].lin.weight.is_cuda:
+            self.compile_classifiers(mode="reduce-overhead", dynamic=False)
+        return self
+
     def forward(self, features: Tensor) -> Tensor:
         if isinstance(features, torch.fx.Proxy):  # traced through rather than as a leaf
             raise TypeError(

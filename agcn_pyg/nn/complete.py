@@ -49,7 +49,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch_geometric import is_compiling
 
-__all__ = ["CompleteGraphParts", "SparseAdjacency", "adjacency_matmul", "complete_attention"]
+from agcn_pyg.nn.kernels import use_triton
+
+__all__ = [
+    "CompleteGraphParts", "SparseAdjacency", "adjacency_matmul", "complete_attention",
+    "complete_attention_heads",
+]
 
 
 def _accumulate_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -66,6 +71,41 @@ def _accumulate_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and not is_compiling():
         return torch.float32
     return torch.float64
+
+
+
+def _takes_kernels(h: Tensor, has_loop: Tensor | None, accumulate_dtype) -> bool:
+    """Whether the complete path's B h runs as the Triton kernels of
+    :mod:`agcn_pyg.nn.kernels.complete`: every node with its self-loop, float32 or lower,
+    the default accumulation, and :func:`~agcn_pyg.nn.kernels.use_triton`."""
+    return (has_loop is None and accumulate_dtype is None and h.dtype != torch.float64
+            and h.size(0) > 0 and use_triton(h))
+
+
+def _fused_heads(h: Tensor, s_dst: Tensor, s_src: Tensor, negative_slope: float) -> Tensor:
+    """The Triton op on h [N, H, C], scores [N, H]: every head in one call."""
+    from agcn_pyg.nn.kernels.complete import complete_attention as fused
+
+    with torch.autocast(h.device.type, enabled=False):
+        return fused(h, s_dst.float(), s_src.float(), negative_slope)
+
+
+def complete_attention_heads(
+    h: Tensor, s_dst: Tensor, s_src: Tensor, negative_slope: float = 0.2,
+    has_loop: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    r""":func:`complete_attention` per head (eq. 4-6, each head its own softmax): :obj:`h`
+    :obj:`[N, H, C]`, scores :obj:`[N, H]` -> :obj:`[N, H, C]`. The Triton kernels take all
+    heads in one call where they apply; otherwise one sorted pass per head."""
+    if h.dim() != 3 or s_dst.shape != h.shape[:2] or s_src.shape != h.shape[:2]:
+        raise ValueError(f"'h' must be [N, H, C] and 's_dst', 's_src' [N, H] (got "
+                         f"{list(h.shape)}, {list(s_dst.shape)}, {list(s_src.shape)})")
+    if _takes_kernels(h, has_loop, None) and 0.0 < negative_slope <= 1.0:
+        return _fused_heads(h, s_dst, s_src, negative_slope)
+    return torch.stack([
+        complete_attention(h[:, k], s_dst[:, k], s_src[:, k], negative_slope, has_loop)
+        for k in range(h.size(1))
+    ], dim=1)  # fmt: skip
 
 
 def complete_attention(
@@ -104,9 +144,17 @@ def complete_attention(
     Returns:
         :obj:`[N, F]` in :obj:`h`'s dtype, or float32 for float16/bfloat16 input (the
         attention is computed in at least float32, under autocast too).
+
+    Where :func:`~agcn_pyg.nn.kernels.use_triton` says so (CUDA tensors), a graph whose every
+    node has its self-loop takes the fused Triton kernels of
+    :mod:`agcn_pyg.nn.kernels.complete` (float32 data, float64 accumulation in registers);
+    float64 input and :obj:`accumulate_dtype` keep this PyTorch code, the reference.
     """
     _check_inputs(h, s_dst, s_src, negative_slope, has_loop)
     n = h.size(0)
+    if _takes_kernels(h, has_loop, accumulate_dtype):  # one head: [N, 1, F]
+        return _fused_heads(h.unsqueeze(1), s_dst.unsqueeze(1), s_src.unsqueeze(1),
+                            negative_slope).squeeze(1)
     dtype = torch.promote_types(h.dtype, torch.float32)
     with torch.autocast(h.device.type, enabled=False):
         h, s, t = h.to(dtype), s_dst.to(dtype), s_src.to(dtype)

@@ -29,7 +29,7 @@ from agcn_pyg.nn.complete import (
     CompleteGraphParts,
     SparseAdjacency,
     adjacency_matmul,
-    complete_attention,
+    complete_attention_heads,
     unit_rows,
 )
 from agcn_pyg.nn.conv_checks import (
@@ -53,6 +53,8 @@ from agcn_pyg.nn.conv_checks import (
     check_sparse,
     check_sparse_call,
 )
+from agcn_pyg.nn.kernels import edge as edge_kernels
+from agcn_pyg.nn.kernels import use_triton
 
 
 class AdaptiveGraphs(NamedTuple):
@@ -151,7 +153,11 @@ class AdaptiveGCNConv(MessagePassing):
       :obj:`torch.sparse` matrix or a :class:`torch_sparse.SparseTensor` (transposed layout,
       ``adj_t[i, j]`` = weight of :math:`j \to i`, as for
       :class:`~torch_geometric.nn.conv.GCNConv`) takes the message-passing path. Only the
-      stored entries are edges.
+      stored entries are edges. On CUDA an :obj:`edge_index` runs as fused Triton kernels
+      (:mod:`agcn_pyg.nn.kernels.edge`; no :obj:`[E, F]` tensor, the graph's pattern built
+      once per tensor, no host sync on a repeated call) except with
+      :obj:`return_attention_weights`, attention dropout in training, float64 or PyG's
+      explain hooks; :obj:`AGCN_KERNELS=torch|triton` forces a backend.
 
     **Label graphs of any size.** With :obj:`complete=True` a sparse graph is read as the
     complete graph: :math:`\mathbf{B}` and :math:`\mathbf{C}` range over every pair of nodes
@@ -552,6 +558,9 @@ class AdaptiveGCNConv(MessagePassing):
         self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite,
         return_attention_weights,
     ):
+        if self._edge_kernel_applies(x_src, edge_index, return_attention_weights):
+            return self._edge_kernel_forward(x_src, x_dst, edge_index, edge_weight, edge_attr,
+                                             bipartite)
         graph = self._sparse_graph(x_src, x_dst, edge_index, edge_weight, edge_attr)
         a, b, c = self._edge_terms(x_src, x_dst, graph, bipartite)
         # alpha [E, H] = a + b_h + c per head (A and C are shared: [E, 1] without attention)
@@ -570,6 +579,54 @@ class AdaptiveGCNConv(MessagePassing):
             alpha = self._public(alpha.expand(-1, self.heads), -1)
             return out, _as_layout(graph.edge_index, alpha, graph.layout, size)
         return out
+
+    def _edge_kernel_applies(self, x: Tensor, edge_index: Adj, return_attention_weights) -> bool:
+        """Whether the fused Triton kernels take this call (:func:`~agcn_pyg.nn.kernels.
+        use_triton`): an :obj:`edge_index` (not a sparse matrix), no per-edge coefficients
+        asked for, no attention dropout in training (it drops entries of the per-edge B, which
+        the kernels never form), no float64 (the kernels accumulate in float32), and nobody
+        watching the message passing (PyG's explain mode, message/propagate hooks such as
+        :class:`~torch_geometric.explain.algorithm.AttentionExplainer`'s, which read the
+        per-edge alpha), and a number as fill_value (PyG's reductions such as 'mean' need
+        the incoming weights; the pattern stores one weight per added loop); otherwise the
+        PyTorch path runs."""
+        return (
+            isinstance(edge_index, Tensor) and not is_sparse(edge_index)
+            and x.dtype != torch.float64
+            and isinstance(self.fill_value, (int, float))
+            and not self.explain
+            and not any(getattr(self, f"_{stage}_forward{kind}_hooks")
+                        for stage in ("propagate", "message", "aggregate",
+                                      "message_and_aggregate", "edge_update")
+                        for kind in ("_pre", ""))
+            and not return_attention_weights
+            and not (self.attention and self.dropout > 0.0 and self.training)
+            and use_triton(x)
+            and edge_kernels.fits(edge_index.size(-1), x.size(0))
+        )
+
+    def _edge_kernel_forward(self, x_src, x_dst, edge_index, edge_weight, edge_attr, bipartite):
+        """Eq. 3-7 on the message-passing path in fused Triton kernels
+        (:mod:`agcn_pyg.nn.kernels.edge`): the same result, no [E, F] tensor, and the graph's
+        pattern (self-loops, CSR) built once per edge_index tensor."""
+        check_node_dims(x_src, x_dst)
+        n_src, n_dst = x_src.size(0), x_dst.size(0)
+        check_edge_index(edge_index, edge_weight, edge_attr, n_src, n_dst, not bipartite)
+        if edge_weight is not None:
+            check_finite("edge_weight", edge_weight)
+        dtype = x_src.dtype
+        pattern = edge_kernels.edge_pattern(edge_index, n_src, n_dst, self.add_self_loops,
+                                            self.fill_value, dtype)
+        s_src, s_dst = self._attention_scores(x_src, x_dst)
+        s_edge = self._edge_scores(
+            pattern.edge_attr(edge_attr, edge_index, self.edge_fill_value), dtype)
+        u_src, u_dst = self._unit_features(x_src, x_dst) if self.similarity else (None, None)
+        out = edge_kernels.edge_attention(  # every head at once: h [N, H, C], scores [N, H]
+            self._split_heads(self.lin(x_src)), pattern,
+            pattern.weights(edge_weight, self.fill_value, dtype), s_dst, s_src, s_edge,
+            u_dst, u_src, self.negative_slope, loops=not bipartite,
+        )
+        return self._finish(out, x_dst)  # [N_dst, H, C] -> concat/mean, residual, bias
 
     def _edge_terms(self, x_src: Tensor, x_dst: Tensor, graph: _EdgeGraph, bipartite: bool):
         """(a, b, c) of every edge: eq. 3's three graphs on the message-passing path."""
@@ -594,10 +651,14 @@ class AdaptiveGCNConv(MessagePassing):
         # The dot products sampled on the graph's pattern (SDDMM): no [E, F_in] gathers of
         # x_hat_i and x_hat_j, and about 3-4x less time on a sparse graph (benchmarks/NOTES.md).
         n_dst, n_src = x_dst.size(0), x_src.size(0)
-        perm = (dst * n_src + src).argsort()
+        key = dst * n_src + src
+        perm = key.argsort()
+        # Row pointers by searching the sorted keys for each row's first one: unlike bincount,
+        # no read of the maximum back to the host.
+        rows = torch.arange(n_dst + 1, device=dst.device) * n_src
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            crow = F.pad(torch.bincount(dst, minlength=n_dst).cumsum(0), (1, 0))
+            crow = torch.searchsorted(key[perm], rows)
             pattern = torch.sparse_csr_tensor(
                 crow, src[perm], x_hat_src.new_ones(perm.numel()), (n_dst, n_src),
                 check_invariants=False,
@@ -641,17 +702,26 @@ class AdaptiveGCNConv(MessagePassing):
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded nodes send nothing
         shared = adj.to(x_src.dtype)  # A, then A + C: one matrix for every head
-        factored = None
-        if self.similarity:
-            shared, factored = self._add_dense_similarity(shared, x_src, x_dst,
-                                                          return_attention_weights)
         attention, attended = None, None
+        similarity = self.similarity
         if self.attention:
             if self._sorted_attention(x_src, adj, mask, bipartite, return_attention_weights):
                 # B h by sorting the scores: the same numbers without an [N, N] softmax.
                 attended = self._complete_attention(x_src, self._split_heads(h), None)
+            elif self._fused_dense(x_src, adj, mask, bipartite):  # A + B_h (+ C): one kernel
+                attention, similarity = self._fused_coefficients(shared, x_src,
+                                                                 return_attention_weights)
+                shared = None  # A is inside the kernel's [H, N, N] coefficients
             else:
                 attention = self._dense_attention(x_src, x_dst, mask, bipartite)
+        factored = None
+        if similarity:  # C joins the shared matrix, or the fused per-head ones
+            if shared is None:
+                attention, factored = self._add_dense_similarity(attention, x_src, x_dst,
+                                                                 return_attention_weights)
+            else:
+                shared, factored = self._add_dense_similarity(shared, x_src, x_dst,
+                                                              return_attention_weights)
         out, coef = self._dense_aggregate(shared, attention, h)
         if attended is not None:
             out = out + attended
@@ -665,12 +735,15 @@ class AdaptiveGCNConv(MessagePassing):
             return out, self._public_matrix(_mask_pairs(coef, mask, per_head), per_head)
         return out
 
-    def _dense_aggregate(self, shared: Tensor, attention: OptTensor, h: Tensor):
+    def _dense_aggregate(self, shared: OptTensor, attention: OptTensor, h: Tensor):
         """Eq. 3 per head, (A + B_h + C) W_h X: [..., N, H, C], and the coefficient matrices
         (shared [..., N, N] without attention, else [..., H, N, N])."""
         if attention is None:  # one matrix for all heads: one product over H * C columns
             return self._split_heads(shared @ h), shared
-        coef = shared.unsqueeze(-3) + attention  # [..., H, N_dst, N_src]
+        # [..., H, N_dst, N_src]; shared is None when the kernel's coefficients hold A already
+        coef = attention if shared is None else shared.unsqueeze(-3) + attention
+        if self.heads == 1:  # one matrix product, no batched one
+            return (coef.squeeze(-3) @ h).unsqueeze(-2), coef
         out = coef @ self._split_heads(h).movedim(-2, -3)  # [..., H, N_dst, C]
         return out.movedim(-3, -2), coef
 
@@ -696,6 +769,40 @@ class AdaptiveGCNConv(MessagePassing):
             and n > self.sorted_min_ratio * self.out_channels
             and 0.0 < self.negative_slope <= 1.0
         )
+
+    def _fused_dense(self, x, adj, mask, bipartite) -> bool:
+        """Whether A + B_h (+ C) of a dense adjacency come from the Triton kernel of
+        :mod:`agcn_pyg.nn.kernels.dense` (see :func:`~agcn_pyg.nn.kernels.use_triton`): one
+        [N, N] graph and [N, F] features, every head at once ([H, N, N]). A batch
+        ([B, N, N], or x [B, N, F] on a shared adj), a node mask, bipartite input, attention
+        dropout in training, negative_slope <= 0 and float64 keep the PyTorch path."""
+        return (
+            adj.dim() == 2
+            and x.dim() == 2
+            and mask is None
+            and not bipartite
+            and not (self.dropout > 0.0 and self.training)
+            and self.negative_slope > 0.0
+            and x.dtype != torch.float64  # float64 stays on the reference path
+            and use_triton(x)
+        )
+
+    def _fused_coefficients(self, adj: Tensor, x: Tensor, return_attention_weights):
+        """(A + B_h [+ C] of eq. 3-7 per head, [H, N, N]; whether C is still to add) by one
+        kernel; C is left out where it is cached or cheaper applied factored (the rule of
+        _add_dense_similarity, C being shared by the H * C output columns)."""
+        from agcn_pyg.nn.kernels.dense import dense_coefficients
+
+        n = x.size(0)
+        cached = self.cached and not x.requires_grad and not is_compiling()
+        width = self.heads * self.out_channels
+        with_c = self.similarity and not cached and (
+            return_attention_weights or n * n <= width * 2 * n
+        )
+        s_src, s_dst = self._attention_scores(x, x)  # [N, H]
+        x_hat = unit_rows(x) if with_c else None  # F.normalize with a leaner backward
+        coef = dense_coefficients(adj, s_dst, s_src, x_hat, self.negative_slope, x.dtype)
+        return coef, self.similarity and not with_c
 
     def _masked_dense_forward(
         self, x_src, x_dst, adj, mask, bipartite, return_attention_weights, add_loop=None
@@ -848,15 +955,12 @@ class AdaptiveGCNConv(MessagePassing):
 
     def _complete_attention(self, x: Tensor, h: Tensor, has_loop: OptTensor) -> Tensor:
         """B_h h_h over the complete graph by sorted scores, in at least float32: h [N, H, C]
-        -> [N, H, C], one sort per head."""
+        -> [N, H, C]; every head in one Triton call where the kernels apply, else one sort
+        per head (:func:`~agcn_pyg.nn.complete.complete_attention_heads`)."""
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(torch.promote_types(x.dtype, torch.float32))
             s_src, s_dst = self._attention_scores(x, x)  # [N, H]
-            return torch.stack([
-                complete_attention(h[:, k], s_dst[:, k], s_src[:, k], self.negative_slope,
-                                   has_loop)
-                for k in range(self.heads)
-            ], dim=1)  # fmt: skip
+            return complete_attention_heads(h, s_dst, s_src, self.negative_slope, has_loop)
 
     def _sparse_adjacency(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor):
         """A of the complete path with its self-loops, in CSR form; cached while the graph
@@ -1125,7 +1229,10 @@ def _score_vectors(att: Tensor, weight: Tensor) -> Tensor:
     """W_h^T a_h of every head, [H, F]: from att [1, H, C] and weight [H * C, F] (eq. 4's
     score needs only this vector, never the [N, H * C] product W x)."""
     heads, channels = att.shape[-2:]
-    return (att.view(heads, 1, channels) @ weight.view(heads, channels, -1)).squeeze(1)
+    if heads == 1:  # one matrix product, no batched one
+        return att.view(1, channels) @ weight
+    # torch.bmm, not @: matmul would add a reshape (a kernel) around the batched product
+    return torch.bmm(att.view(heads, 1, channels), weight.view(heads, channels, -1)).squeeze(1)
 
 
 def _mask_from_third_argument(edge_weight: OptTensor, mask: OptTensor):

@@ -1,9 +1,12 @@
 """The input checks of :class:`~agcn_pyg.AdaptiveGCNConv`: every wrong input gets one
 error that names the argument, what it got and what to pass instead.
 
-Checks that read tensor values (NaN/Inf, ``edge_index`` ranges) synchronise a GPU, so there
-they run once per input tensor and version, never on activations, and never while compiling
-or capturing a CUDA graph.
+Checks that read tensor values (NaN/Inf, ``edge_index`` ranges) synchronise a GPU, so they run
+once per input tensor and version (on every device, so that a CPU run makes the same host reads
+as a GPU run and the op counts of :mod:`agcn_pyg.nn.kernels.counting` carry over); on a GPU never
+on activations; never while compiling or capturing a CUDA graph. A repeated call on the same
+graph and features therefore reads nothing back. They are not ``torch._assert_async``: a failed
+device assertion leaves the CUDA context unusable and cannot name what arrived.
 """
 
 from __future__ import annotations
@@ -292,8 +295,8 @@ def check_edge_index(edge_index, edge_weight: OptTensor, edge_attr: OptTensor,
             f"'edge_attr' must have one row per edge, [{num_edges}, edge_dim] to match "
             f"'edge_index' (got {list(edge_attr.shape)})"
         )
-    # Reading values synchronises the device: skipped while compiling (a graph break), and on
-    # a GPU done once per graph tensor (and node counts), not at every step.
+    # Reading values synchronises the device: skipped while compiling (a graph break), and
+    # done once per graph tensor (and node counts), not at every step.
     sizes = (n_src, n_dst)
     if is_compiling() or num_edges == 0 or _validated(edge_index, sizes):
         return
@@ -312,40 +315,40 @@ def check_edge_index(edge_index, edge_weight: OptTensor, edge_attr: OptTensor,
     _remember_valid(edge_index, sizes)
 
 
-# GPU tensors already checked, by id: (weak reference, version, what was checked). A fixed input
+# Tensors already checked, by id: (weak reference, version, what was checked). A fixed input
 # (the label graph, node features, a graph reused every epoch) is read once, not at every step.
 _VALID_ON_DEVICE: dict[int, tuple[weakref.ref, int, object]] = {}
 
 
 def _validated(t: Tensor, check: object) -> bool:
-    seen = _VALID_ON_DEVICE.get(id(t))
-    return bool(t.is_cuda and seen and seen[0]() is t and seen[1:] == (t._version, check))
+    seen = _VALID_ON_DEVICE.get((id(t), check))
+    return bool(seen and seen[0]() is t and seen[1] == t._version)
 
 
 def _remember_valid(t: Tensor, check: object):
-    if not t.is_cuda:  # on the CPU a check costs no synchronisation: always check
-        return
     if len(_VALID_ON_DEVICE) > 1024:  # forget tensors that no longer exist
         for key in [k for k, v in _VALID_ON_DEVICE.items() if v[0]() is None]:
             del _VALID_ON_DEVICE[key]
-    _VALID_ON_DEVICE[id(t)] = (weakref.ref(t), t._version, check)
+    _VALID_ON_DEVICE[(id(t), check)] = (weakref.ref(t), t._version)
 
 
 def check_finite(name: str, t: Tensor):
-    # One reduction, but on a GPU reading it synchronises the device. So on a GPU only inputs
-    # are checked (no autograd history: data, buffers; an activation of the model is not), each
-    # tensor once per version; and nothing while compiling (a graph break) or capturing a CUDA
-    # graph (where reading values is an error).
+    # One reduction, but on a GPU reading it synchronises the device. So each input is checked
+    # once per version; on a GPU only inputs (no autograd history: data, buffers; an activation
+    # of the model is not), on the CPU activations at every call (a new tensor each step, never
+    # remembered); nothing while compiling (a graph break) or capturing a CUDA graph (where
+    # reading values is an error).
     if is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
-    if t.is_cuda and (t.grad_fn is not None or _validated(t, "finite")):
+    if (t.is_cuda and t.grad_fn is not None) or _validated(t, "finite"):
         return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(
             f"'{name}' must hold finite values (got {int(t.isnan().sum())} NaN and "
             f"{int(t.isinf().sum())} infinite entries in shape {list(t.shape)})"
         )
-    _remember_valid(t, "finite")
+    if t.grad_fn is None:
+        _remember_valid(t, "finite")
 
 
 def check_edge_attr(edge_attr, lin_edge: Linear | None):

@@ -8,7 +8,6 @@ the CPU path; :func:`use_triton` decides which one a call takes.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -17,14 +16,22 @@ BACKEND_ENV = "AGCN_KERNELS"
 BACKENDS = ("torch", "triton")
 
 
-@functools.lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """Whether Triton imports (it ships with torch's CUDA builds)."""
+def _triton_imports() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (PyG imports it too: no extra import time)
     except ImportError:
         return False
     return True
+
+
+# Decided once, at import: a module constant torch.compile reads as one (a cached function
+# would be a call it warns about and may break the graph at).
+_TRITON_AVAILABLE = _triton_imports()
+
+
+def triton_available() -> bool:
+    """Whether Triton imports (it ships with torch's CUDA builds); checked at import."""
+    return _TRITON_AVAILABLE
 
 
 def interpreting() -> bool:
