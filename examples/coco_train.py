@@ -291,7 +291,9 @@ def build_training(model, args, info, updates_per_epoch: int):
     recipe = train.RecipeConfig(**{k: getattr(args, k) for k in fields})
     scaler = train.resolve_amp(args.amp, info.device)[1]
     parts = train.build_parts(model, recipe, updates_per_epoch, grad_scaler=scaler)
-    if args.compile_head and args.head == "graph":  # after the EMA copy (no deep copy)
+    if args.head != "graph":  # asl: timm's linear classifier, nothing to compile
+        return parts
+    if args.compile_head:  # after the EMA copy (no deep copy)
         model.head.compile_classifiers()
     elif args.compile_head is None and not info.distributed:
         model.head.capture_classifiers()  # CUDA graphs on a GPU, nothing on the CPU

@@ -447,3 +447,23 @@ def test_backend_choice_compiles_quietly(interpreted):
                             backend="eager")(torch.ones(3))
     assert torch.equal(out, torch.full((3,), 2.0))  # AGCN_KERNELS=triton: the kernel branch
     assert not [w for w in caught if "lru_cache" in str(w.message)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_inference_mode_inputs_are_checked_every_call(backend, interpreted, monkeypatch):
+    """Tensors made under torch.inference_mode have no version counter: the input checks and
+    the edge pattern cannot be remembered for them, so each call checks and builds afresh
+    (benchmarks/model.py's inference rows hit this)."""
+    monkeypatch.setenv("AGCN_KERNELS", backend)
+    torch.manual_seed(0)
+    conv = AdaptiveGCNConv(6, 4)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 2]])
+    expected = conv(torch.ones(5, 6), edge_index).detach()
+    with torch.inference_mode():
+        x, index = torch.ones(5, 6), edge_index.clone()
+        first, second = conv(x, index), conv(x, index)
+        x[0, 0] = float("nan")  # an in-place change is still caught
+        with pytest.raises(ValueError, match="'x' must hold finite values"):
+            conv(x, index)
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)

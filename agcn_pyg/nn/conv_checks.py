@@ -321,11 +321,15 @@ _VALID_ON_DEVICE: dict[int, tuple[weakref.ref, int, object]] = {}
 
 
 def _validated(t: Tensor, check: object) -> bool:
+    if t.is_inference():  # no version counter (made under inference_mode): check every call
+        return False
     seen = _VALID_ON_DEVICE.get((id(t), check))
     return bool(seen and seen[0]() is t and seen[1] == t._version)
 
 
 def _remember_valid(t: Tensor, check: object):
+    if t.is_inference():
+        return
     if len(_VALID_ON_DEVICE) > 1024:  # forget tensors that no longer exist
         for key in [k for k, v in _VALID_ON_DEVICE.items() if v[0]() is None]:
             del _VALID_ON_DEVICE[key]

@@ -153,15 +153,16 @@ _PATTERNS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 def edge_pattern(edge_index: Tensor, n_src: int, n_dst: int, add_self_loops: bool,
                  fill_value: float = 1.0, dtype: torch.dtype = torch.float32) -> EdgePattern:
     """:func:`build_pattern`, computed on the first call and cached while :obj:`edge_index` is
-    the same tensor, unchanged (its version counter); under ``torch.compile`` built in the
-    traced graph each call."""
+    the same tensor, unchanged (its version counter); under ``torch.compile``, and for a tensor
+    made under ``torch.inference_mode`` (which has no version counter), built each call."""
     config = (n_src, n_dst, add_self_loops, float(fill_value), dtype)
-    if not is_compiling():
+    cache = not is_compiling() and not edge_index.is_inference()  # inference: no version
+    if cache:
         cached = _PATTERNS.get(edge_index)
         if cached is not None and cached[:2] == (edge_index._version, config):
             return cached[2]
     pattern = build_pattern(edge_index, n_src, n_dst, add_self_loops, fill_value, dtype)
-    if not is_compiling():
+    if cache:
         _PATTERNS[edge_index] = (edge_index._version, config, pattern)
     return pattern
 
