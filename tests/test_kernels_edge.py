@@ -467,3 +467,20 @@ def test_inference_mode_inputs_are_checked_every_call(backend, interpreted, monk
             conv(x, index)
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, expected)
+
+
+def test_inference_mode_on_the_cached_paths():
+    """The complete path's A cache and the dense path's cached C key on version counters
+    too: inference_mode inputs are computed each call there, with the same result."""
+    torch.manual_seed(0)
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    for conv, graph in ((AdaptiveGCNConv(6, 4, complete=True), edge_index),
+                        (AdaptiveGCNConv(6, 4, cached=True), torch.rand(4, 4))):
+        x = torch.randn(4, 6)
+        expected = conv(x, graph).detach()
+        conv._cached_similarity = None
+        conv._cached_adjacency = None
+        with torch.inference_mode():
+            xi, gi = x.clone(), graph.clone()
+            torch.testing.assert_close(conv(xi, gi), expected)
+            torch.testing.assert_close(conv(xi, gi), expected)

@@ -52,6 +52,8 @@ from agcn_pyg.nn.conv_checks import (
     check_size,
     check_sparse,
     check_sparse_call,
+    is_inference,
+    tensor_version,
 )
 from agcn_pyg.nn.kernels import edge as edge_kernels
 from agcn_pyg.nn.kernels import use_triton
@@ -895,7 +897,10 @@ class AdaptiveGCNConv(MessagePassing):
         """C of eq. 7 for fixed inputs, computed on the first call (:obj:`cached`)."""
         # The same tensor objects (weak references: a new tensor at a freed address is not
         # mistaken for one), unchanged since (their version counters).
-        key = (x_src._version, x_dst._version)
+        key = (tensor_version(x_src), tensor_version(x_dst))
+        if None in key:  # inference_mode tensors: no version to key on, computed each call
+            x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
+            return x_hat_dst @ x_hat_src.transpose(-1, -2)
         cache = self._cached_similarity
         if cache is None or cache[0]() is not x_src or cache[1]() is not x_dst or cache[2] != key:
             x_hat_src, x_hat_dst = self._unit_features(x_src, x_dst)
@@ -970,11 +975,11 @@ class AdaptiveGCNConv(MessagePassing):
         key = (n, x.device, self.add_self_loops, self.fill_value)
         cacheable = not is_compiling() and not (
             edge_weight is not None and edge_weight.requires_grad
-        )
+        ) and not any(is_inference(t) for t in inputs)
         cache = self._cached_adjacency
         if cacheable and cache is not None and cache[0] == key and all(
             (ref is None and t is None) or (ref is not None and ref() is t
-                                            and version == getattr(t, "_version", None))
+                                            and version == tensor_version(t))
             for (ref, version), t in zip(cache[1], inputs, strict=True)
         ):
             return cache[2]
@@ -995,7 +1000,7 @@ class AdaptiveGCNConv(MessagePassing):
         adj = SparseAdjacency.from_edges(edge_index, weight, n, has_loop)
         if cacheable:
             refs = tuple(
-                (None, None) if t is None else (weakref.ref(t), getattr(t, "_version", None))
+                (None, None) if t is None else (weakref.ref(t), tensor_version(t))
                 for t in inputs
             )
             self._cached_adjacency = (key, refs, adj)

@@ -320,20 +320,32 @@ def check_edge_index(edge_index, edge_weight: OptTensor, edge_attr: OptTensor,
 _VALID_ON_DEVICE: dict[int, tuple[weakref.ref, int, object]] = {}
 
 
+def is_inference(t) -> bool:
+    """A tensor made under ``torch.inference_mode``: it has no version counter, so the
+    layer's per-tensor caches (checks, patterns, A, C) skip it and read it each call. Not
+    asked while compiling: Dynamo cannot trace ``is_inference`` (a graph break)."""
+    return not is_compiling() and isinstance(t, Tensor) and t.is_inference()
+
+
+def tensor_version(t) -> int | None:
+    """The version counter every per-tensor cache of the layer keys on (None where there is
+    none: an inference tensor, a SparseTensor)."""
+    return None if is_inference(t) else getattr(t, "_version", None)
+
+
 def _validated(t: Tensor, check: object) -> bool:
-    if t.is_inference():  # no version counter (made under inference_mode): check every call
-        return False
     seen = _VALID_ON_DEVICE.get((id(t), check))
-    return bool(seen and seen[0]() is t and seen[1] == t._version)
+    version = tensor_version(t)
+    return bool(seen and version is not None and seen[0]() is t and seen[1] == version)
 
 
 def _remember_valid(t: Tensor, check: object):
-    if t.is_inference():
+    if tensor_version(t) is None:
         return
     if len(_VALID_ON_DEVICE) > 1024:  # forget tensors that no longer exist
         for key in [k for k, v in _VALID_ON_DEVICE.items() if v[0]() is None]:
             del _VALID_ON_DEVICE[key]
-    _VALID_ON_DEVICE[(id(t), check)] = (weakref.ref(t), t._version)
+    _VALID_ON_DEVICE[(id(t), check)] = (weakref.ref(t), tensor_version(t))
 
 
 def check_finite(name: str, t: Tensor):

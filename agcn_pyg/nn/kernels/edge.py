@@ -44,6 +44,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from torch_geometric import is_compiling
 from torch_geometric.utils.loop import compute_loop_attr
 
+from agcn_pyg.nn.conv_checks import tensor_version
 from agcn_pyg.nn.kernels.counting import record_launch
 
 try:
@@ -156,14 +157,15 @@ def edge_pattern(edge_index: Tensor, n_src: int, n_dst: int, add_self_loops: boo
     the same tensor, unchanged (its version counter); under ``torch.compile``, and for a tensor
     made under ``torch.inference_mode`` (which has no version counter), built each call."""
     config = (n_src, n_dst, add_self_loops, float(fill_value), dtype)
-    cache = not is_compiling() and not edge_index.is_inference()  # inference: no version
+    version = tensor_version(edge_index)
+    cache = not is_compiling() and version is not None
     if cache:
         cached = _PATTERNS.get(edge_index)
-        if cached is not None and cached[:2] == (edge_index._version, config):
+        if cached is not None and cached[:2] == (version, config):
             return cached[2]
     pattern = build_pattern(edge_index, n_src, n_dst, add_self_loops, fill_value, dtype)
     if cache:
-        _PATTERNS[edge_index] = (edge_index._version, config, pattern)
+        _PATTERNS[edge_index] = (version, config, pattern)
     return pattern
 
 
